@@ -1,0 +1,537 @@
+"""The typed configuration registry: defaults, ranges, help text, loading and validation.
+
+One registry drives everything that knows about settings: the loader, the validator, the
+environment overrides, `--print-config`, `.env.example`, the README's table (checked by a test)
+and, later, the dashboard's settings editor. Add a key here and all of them know it.
+
+Precedence, lowest to highest: defaults, the TOML file, `.env` in the working directory, the
+process environment (short names such as `PORT`, then `CHATBOT_<SECTION>_<KEY>`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import tomlkit
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# Go's time.ParseDuration units, which is what Ollama accepts for a string keep_alive.
+_UNIT = r"(\d+(\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)"
+_GO_DURATION = re.compile(rf"^-?(?:{_UNIT})+$")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names key, value and rule."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def _meta(
+    help: str,
+    *,
+    min: float | None = None,
+    max: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    check: str | None = None,
+) -> dict[str, Any]:
+    return {"help": help, "min": min, "max": max, "choices": choices, "check": check}
+
+
+@dataclass(frozen=True)
+class ServerSection:
+    host: str = field(
+        default="127.0.0.1",
+        metadata=_meta(
+            "Address to listen on; 127.0.0.1 keeps the gateway private to this machine",
+            check="host",
+        ),
+    )
+    port: int = field(default=8080, metadata=_meta("TCP port of the HTTP API", min=1, max=65535))
+    max_body_kb: int = field(
+        default=1024,
+        metadata=_meta(
+            "Largest accepted request body, in KiB (larger gets 413)", min=1, max=1048576
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class OllamaSection:
+    api_url: str = field(
+        default="http://localhost:11434",
+        metadata=_meta("Base URL of the Ollama server", check="url"),
+    )
+    model: str = field(
+        default="llama3.2",
+        metadata=_meta("Model used when a request names none", check="nonempty"),
+    )
+    system_prompt: str = field(
+        default="",
+        metadata=_meta("System prompt prepended when a request has no system message"),
+    )
+    keep_alive: str = field(
+        default="15m",
+        metadata=_meta(
+            "How long Ollama keeps the model loaded (15m, 1h30m, seconds, or -1 = forever)",
+            check="keep_alive",
+        ),
+    )
+    timeout_seconds: float = field(
+        default=300,
+        metadata=_meta(
+            "Longest wait for Ollama's next chunk before giving up (504)", min=1, max=86400
+        ),
+    )
+    connect_timeout_seconds: float = field(
+        default=5,
+        metadata=_meta("Longest wait to open a connection to Ollama", min=0.1, max=600),
+    )
+    warm_up: bool = field(
+        default=True, metadata=_meta("Load the model at start-up with an empty chat request")
+    )
+    probe_interval_seconds: float = field(
+        default=15,
+        metadata=_meta("How often Ollama's reachability is checked", min=1, max=3600),
+    )
+
+
+@dataclass(frozen=True)
+class CacheSection:
+    enabled: bool = field(default=True, metadata=_meta("Cache complete answers in RAM"))
+    max_size_mb: int = field(
+        default=256, metadata=_meta("Memory budget of the response cache, in MiB", min=1, max=65536)
+    )
+    ttl_seconds: int = field(
+        default=3600, metadata=_meta("Seconds a cached answer stays valid", min=1, max=31536000)
+    )
+
+
+@dataclass(frozen=True)
+class QueueSection:
+    max_concurrent: int = field(
+        default=1, metadata=_meta("Generations sent to Ollama at once", min=1, max=64)
+    )
+    max_queue_size: int = field(
+        default=100,
+        metadata=_meta("Requests allowed to wait; beyond it new ones get 503", min=0, max=100000),
+    )
+    estimated_time_per_request_ms: int = field(
+        default=30000,
+        metadata=_meta(
+            "Generation time assumed for ETAs until real ones are measured", min=1, max=3600000
+        ),
+    )
+    ticket_ttl_seconds: int = field(
+        default=120,
+        metadata=_meta("Seconds an unclaimed /api/chat-queue ticket is kept", min=1, max=86400),
+    )
+
+
+@dataclass(frozen=True)
+class BatchSection:
+    enabled: bool = field(
+        default=True, metadata=_meta("Share identical in-flight generations and accept bulk jobs")
+    )
+    max_batch_size: int = field(
+        default=3, metadata=_meta("Requests grouped into one bulk batch", min=1, max=100)
+    )
+    batch_timeout_ms: int = field(
+        default=2000,
+        metadata=_meta("Longest wait for a bulk batch to fill, in ms", min=0, max=600000),
+    )
+
+
+@dataclass(frozen=True)
+class CorsSection:
+    allowed_origins: tuple[str, ...] = field(
+        default=("http://localhost:3000", "http://localhost:3001"),
+        metadata=_meta(
+            'Browser origins allowed to call the API (exact origins, or "*")', check="origins"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    level: str = field(default="info", metadata=_meta("Log level", choices=LOG_LEVELS))
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerSection = field(default_factory=ServerSection)
+    ollama: OllamaSection = field(default_factory=OllamaSection)
+    cache: CacheSection = field(default_factory=CacheSection)
+    queue: QueueSection = field(default_factory=QueueSection)
+    batch: BatchSection = field(default_factory=BatchSection)
+    cors: CorsSection = field(default_factory=CorsSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for s in fields(self):
+            section = getattr(self, s.name)
+            out[s.name] = {k.name: _plain(getattr(section, k.name)) for k in fields(section)}
+        return out
+
+    def to_toml(self) -> str:
+        return tomlkit.dumps(self.to_dict())
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting as the registry describes it."""
+
+    section: str
+    name: str
+    type: Literal["str", "int", "float", "bool", "list"]
+    default: Any
+    help: str
+    min: float | None
+    max: float | None
+    choices: tuple[str, ...] | None
+    check: str | None
+
+    @property
+    def dotted(self) -> str:
+        return f"[{self.section}].{self.name}"
+
+    @property
+    def env_name(self) -> str:
+        return f"CHATBOT_{self.section.upper()}_{self.name.upper()}"
+
+
+# Short names from the Rust backend and the old Next.js .env.local, so users can keep them.
+ENV_ALIASES: dict[str, tuple[str, str]] = {
+    "PORT": ("server", "port"),
+    "HOST": ("server", "host"),
+    "CACHE_MAX_SIZE_MB": ("cache", "max_size_mb"),
+    "LOG_LEVEL": ("logging", "level"),
+    "NEXT_PUBLIC_CHAT_API_URL": ("ollama", "api_url"),
+    "NEXT_PUBLIC_OLLAMA_MODEL": ("ollama", "model"),
+    "NEXT_PUBLIC_OLLAMA_SYSTEM_PROMPT": ("ollama", "system_prompt"),
+}
+# Variables with the CHATBOT_ prefix that are not settings.
+ENV_RESERVED = {"CHATBOT_CONFIG"}
+
+
+def _type_name(annotation: Any) -> Literal["str", "int", "float", "bool", "list"]:
+    name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    if name.startswith("tuple"):
+        return "list"
+    if name in ("str", "int", "float", "bool"):
+        return name  # type: ignore[return-value]
+    raise TypeError(f"unsupported config type {annotation!r}")
+
+
+def registry() -> list[Key]:
+    """Every setting, in file order."""
+    keys = []
+    for section in fields(Config):
+        default_section = section.default_factory()  # type: ignore[misc]
+        for f in fields(default_section):
+            m = f.metadata
+            keys.append(
+                Key(
+                    section=section.name,
+                    name=f.name,
+                    type=_type_name(f.type),
+                    default=_plain(getattr(default_section, f.name)),
+                    help=m["help"],
+                    min=m["min"],
+                    max=m["max"],
+                    choices=m["choices"],
+                    check=m["check"],
+                )
+            )
+    return keys
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str | list | tuple):
+        return json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False)
+    return str(value)
+
+
+def _rule(key: Key) -> str:
+    """What is allowed, for error messages and docs."""
+    if key.choices:
+        return "one of " + ", ".join(key.choices)
+    if key.min is not None and key.max is not None:
+        lo, hi = (_num(key.min), _num(key.max))
+        return f"must be {'a whole number ' if key.type == 'int' else 'a number '}{lo}..{hi}"
+    described = {
+        "url": "an http:// or https:// URL",
+        "keep_alive": "a duration (5m, 1h30m), seconds, 0 or -1",
+        "origins": 'a list of origins (scheme://host[:port]) or ["*"]',
+        "nonempty": "a non-empty string",
+        "host": "an IP address or host name",
+    }
+    if key.check in described:
+        return "must be " + described[key.check]
+    return {
+        "bool": "must be true or false",
+        "list": "must be a list of strings",
+        "str": "must be a string",
+    }.get(key.type, "")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def validate_value(key: Key, value: Any) -> Any:
+    """Return the value converted to the key's type, or raise ConfigError naming the key."""
+
+    def bad(reason: str) -> ConfigError:
+        return ConfigError([f"{key.dotted} = {_fmt(value)}: {reason}"])
+
+    t = key.type
+    if t == "bool":
+        if not isinstance(value, bool):
+            raise bad(_rule(key))
+        return value
+    if t in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad(_rule(key))
+        if t == "int" and not float(value).is_integer():
+            raise bad(_rule(key))
+        value = int(value) if t == "int" else float(value)
+        if (key.min is not None and value < key.min) or (key.max is not None and value > key.max):
+            raise bad(_rule(key))
+        return value
+    if t == "list":
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise bad(_rule(key))
+        value = tuple(value)
+    elif t == "str":
+        if (
+            key.check == "keep_alive"
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
+            value = _num(value)  # Ollama takes a number of seconds too; keep it as text
+        if not isinstance(value, str):
+            raise bad(_rule(key))
+        if key.choices and value not in key.choices:
+            raise bad(_rule(key))
+    problem = _check(key.check, value)
+    if problem:
+        raise bad(problem)
+    return value
+
+
+def _check(check: str | None, value: Any) -> str | None:
+    if check == "nonempty" and not value.strip():
+        return "must not be empty"
+    if check == "host" and not value.strip():
+        return "must be an IP address or host name"
+    if check == "url":
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return "must be an http:// or https:// URL with a host, e.g. http://localhost:11434"
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            return "has an invalid port"
+    if check == "keep_alive" and not (_is_number(value) or _GO_DURATION.match(value)):
+        return "must be a duration like 5m, 1h30m, 0 or -1, or a number of seconds"
+    if check == "origins":
+        for origin in value:
+            if origin == "*":
+                continue
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.path not in ("",)
+            ):
+                return f'{origin!r} is not an origin (scheme://host[:port], no path) or "*"'
+    return None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_env_value(key: Key, text: str) -> Any:
+    """Turn an environment string into the key's type; validation happens afterwards."""
+    text = text.strip()
+    if key.type == "bool":
+        low = text.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        return text
+    if key.type in ("int", "float"):
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                return float(text)
+            except ValueError:
+                return text
+    if key.type == "list":
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return text
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return text
+
+
+def load(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, str], Any] | None = None,
+) -> Config:
+    """Build the effective configuration; raise ConfigError listing every problem found."""
+    env = os.environ if env is None else env
+    keys = {(k.section, k.name): k for k in registry()}
+    values: dict[tuple[str, str], Any] = {}
+    problems: list[str] = []
+
+    if path is not None:
+        try:
+            doc = tomlkit.parse(Path(path).read_text(encoding="utf-8")).unwrap()
+        except FileNotFoundError:
+            raise ConfigError([f"config file {os.fspath(path)} not found"]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"config file {os.fspath(path)} cannot be read: {exc}"]) from None
+        except tomlkit.exceptions.ParseError as exc:
+            raise ConfigError([f"config file {os.fspath(path)} is not valid TOML: {exc}"]) from None
+        for section, table in doc.items():
+            if not isinstance(table, dict):
+                problems.append(
+                    f"[{section}]: unknown top-level key (sections are {', '.join(_sections())})"
+                )
+                continue
+            if section not in _sections():
+                problems.append(
+                    f"[{section}]: unknown section (sections are {', '.join(_sections())})"
+                )
+                continue
+            for name, value in table.items():
+                if (section, name) not in keys:
+                    known = ", ".join(k.name for k in keys.values() if k.section == section)
+                    problems.append(
+                        f"[{section}].{name}: unknown key (keys of [{section}] are {known})"
+                    )
+                    continue
+                values[(section, name)] = value
+
+    by_env: dict[tuple[str, str], tuple[str, str]] = {}
+    for alias, target in ENV_ALIASES.items():
+        if alias in env:
+            by_env[target] = (alias, env[alias])
+    for var, text in env.items():
+        if not var.startswith("CHATBOT_") or var in ENV_RESERVED:
+            continue
+        match = next((k for k in keys.values() if k.env_name == var), None)
+        if match is None:
+            problems.append(
+                f"{var}: unknown setting (e.g. CHATBOT_SERVER_PORT, CHATBOT_OLLAMA_MODEL)"
+            )
+            continue
+        by_env[(match.section, match.name)] = (var, text)
+    for target, (_var, text) in by_env.items():
+        values[target] = parse_env_value(keys[target], text)
+
+    if overrides:
+        values.update(overrides)
+
+    section_values: dict[str, dict[str, Any]] = {s: {} for s in _sections()}
+    for (section, name), value in values.items():
+        try:
+            section_values[section][name] = validate_value(keys[(section, name)], value)
+        except ConfigError as exc:
+            origin = next((v for t, (v, _) in by_env.items() if t == (section, name)), None)
+            msg = exc.problems[0]
+            problems.append(f"{msg} (from {origin})" if origin else msg)
+    if problems:
+        raise ConfigError(problems)
+    base = Config()
+    return replace(
+        base,
+        **{s: replace(getattr(base, s), **vals) for s, vals in section_values.items() if vals},
+    )
+
+
+def _sections() -> list[str]:
+    return [s.name for s in fields(Config)]
+
+
+def read_dotenv(directory: str | os.PathLike[str] = ".") -> dict[str, str]:
+    """Variables from `.env` in the directory, as the migration guide's `cp .env.example .env`."""
+    from dotenv import dotenv_values
+
+    path = Path(directory) / ".env"
+    if not path.is_file():
+        return {}
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def effective_env(directory: str | os.PathLike[str] = ".") -> dict[str, str]:
+    """The process environment laid over `.env` (the real environment wins)."""
+    return {**read_dotenv(directory), **os.environ}
+
+
+def env_example() -> str:
+    """The text of `.env.example`, generated from the registry (a test keeps the file in sync)."""
+    lines = [
+        "# Environment overrides for chatbot-backend. Copy to .env and uncomment what you need.",
+        "# Precedence: defaults < config.toml < .env < the process environment.",
+        "# Short names kept from the Rust backend and the Next.js .env.local:",
+    ]
+    for alias, (section, name) in ENV_ALIASES.items():
+        lines.append(f"# {alias}=  (same as CHATBOT_{section.upper()}_{name.upper()})")
+    lines.append("# CHATBOT_CONFIG=path/to/config.toml  (same as --config)")
+    current = None
+    for key in registry():
+        if key.section != current:
+            current = key.section
+            lines += ["", f"# [{current}]"]
+        default = ",".join(key.default) if key.type == "list" else _env_default(key.default)
+        lines.append(f"# {key.help}")
+        lines.append(f"# {key.env_name}={default}")
+    return "\n".join(lines) + "\n"
+
+
+def _env_default(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def markdown_table() -> str:
+    """The README's configuration table (a test checks the README carries exactly this)."""
+    rows = [
+        "| key | default | allowed | environment | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for key in registry():
+        default = _fmt(key.default).replace("|", "\\|")
+        rows.append(
+            f"| `{key.dotted}` | `{default}` | {_rule(key).removeprefix('must be ') or 'text'} "
+            f"| `{key.env_name}` | {key.help} |"
+        )
+    return "\n".join(rows) + "\n"
