@@ -1,0 +1,187 @@
+"""The aiohttp application factory and its middlewares: access log, errors, Host guard, CORS."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from server.errors import GatewayError
+from server.gateway import Gateway
+from server.handlers import chat, stats
+from server.keys import CHAT_INFO, GATEWAY
+
+log = logging.getLogger("chatbot.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+CORS_HEADERS = "Content-Type, Accept, Cache-Control, Authorization"
+CORS_EXPOSE = "X-Cache, Retry-After"
+
+
+def create_app(gateway: Gateway) -> web.Application:
+    app = web.Application(
+        client_max_size=gateway.config.server.max_body_kb * 1024,
+        middlewares=[access_log, json_errors, host_guard, cors_guard],
+    )
+    app[GATEWAY] = gateway
+    app.on_response_prepare.append(_add_cors_headers)
+    app.add_routes(chat.routes)
+    app.add_routes(stats.routes)
+    return app
+
+
+def json_error(
+    status: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status, headers=headers)
+
+
+@web.middleware
+async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    resp = await handler(request)
+    ms = (time.perf_counter() - started) * 1000
+    chat_info = request.get(CHAT_INFO)
+    if chat_info is not None:
+        # One line per chat request: what a person debugging a slow or failed answer needs.
+        log.info(
+            "%s %s %d id=%s model=%s cached=%s ttft=%sms total=%sms tokens=%s%s",
+            request.method,
+            request.path,
+            resp.status,
+            chat_info.get("request_id"),
+            chat_info.get("model"),
+            str(chat_info.get("cached", False)).lower(),
+            chat_info.get("ttft_ms", "-"),
+            chat_info.get("total_ms", round(ms)),
+            chat_info.get("eval_count", 0),
+            f" error={chat_info['error']}" if "error" in chat_info else "",
+        )
+    else:
+        level = logging.INFO if resp.status >= 400 else logging.DEBUG
+        log.log(level, "%s %s %d %.1fms", request.method, request.path_qs, resp.status, ms)
+    return resp
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error a client sees is `{"error", "code"}` JSON; no stack trace leaves the server."""
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        info = request.get(CHAT_INFO)
+        if info is not None:
+            info["error"] = exc.code
+        return json_error(exc.status, exc.message, exc.code, exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _http_exception(request, exc)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(500, "internal error; see the server log", "internal_error")
+
+
+def _http_exception(request: web.Request, exc: web.HTTPException) -> web.Response:
+    headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+    if exc.status == 404:
+        return json_error(404, f"no such endpoint: {request.method} {request.path}", "not_found")
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        return json_error(
+            405,
+            f"method {request.method} is not allowed on {request.path}; allowed: {allowed}",
+            "method_not_allowed",
+            headers,
+        )
+    if exc.status == 413:
+        limit = request.app[GATEWAY].config.server.max_body_kb
+        return json_error(
+            413, f"request body is larger than {limit} KiB ([server].max_body_kb)", "body_too_large"
+        )
+    return json_error(exc.status, exc.reason, f"http_{exc.status}", headers)
+
+
+# -- Host guard: DNS-rebinding protection while bound to loopback (as Ollama's CVE-2024-28224 fix)
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host in ("localhost",) or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(host_header: str) -> str:
+    if host_header.startswith("["):  # [::1]:8080
+        return host_header[1:].split("]", 1)[0]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+@web.middleware
+async def host_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    bound = request.app[GATEWAY].config.server.host
+    if _is_loopback_host(bound):
+        host = request.headers.get("Host", "")
+        if host and not _is_loopback_host(_host_name(host).lower()):
+            return json_error(
+                403,
+                f"Host header {host!r} is not allowed: the gateway listens on loopback and only "
+                "answers requests addressed to localhost or a loopback IP",
+                "forbidden_host",
+            )
+    return await handler(request)
+
+
+# -- CORS
+
+
+def _origin_allowed(request: web.Request, origin: str) -> bool:
+    allowed = request.app[GATEWAY].config.cors.allowed_origins
+    return "*" in allowed or origin in allowed
+
+
+@web.middleware
+async def cors_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return await handler(request)  # not a browser's cross-origin call (curl, scripts)
+    if not _origin_allowed(request, origin):
+        # Refused outright, not just left without CORS headers: a page from another origin must
+        # not be able to start generations it cannot read ("simple" POSTs skip preflight).
+        return json_error(
+            403,
+            f"origin {origin!r} is not allowed; add it to [cors].allowed_origins",
+            "cors_origin_refused",
+        )
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Methods": CORS_METHODS,
+                "Access-Control-Allow-Headers": request.headers.get(
+                    "Access-Control-Request-Headers", CORS_HEADERS
+                ),
+                "Access-Control-Max-Age": "600",
+            },
+        )
+    return await handler(request)
+
+
+async def _add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origin = request.headers.get("Origin")
+    if origin is None or not _origin_allowed(request, origin):
+        return
+    wildcard = "*" in request.app[GATEWAY].config.cors.allowed_origins
+    response.headers["Access-Control-Allow-Origin"] = "*" if wildcard else origin
+    response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE
+    if not wildcard:
+        response.headers["Vary"] = "Origin"
+        response.headers["Access-Control-Allow-Credentials"] = "true"

@@ -1,0 +1,153 @@
+"""Parse and validate a chat request body into a ChatRequest, with a 400 naming the bad field."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.config import Config
+from server.errors import BadRequest
+from server.services.ollama import keep_alive_value
+
+ROLES = ("system", "user", "assistant", "tool")
+# Message fields passed on to Ollama besides role and content; anything else is dropped.
+_MESSAGE_EXTRAS = ("images", "tool_calls", "tool_name", "thinking")
+_MAX_REQUEST_ID = 128
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated chat request, with the defaults of the configuration filled in."""
+
+    messages: tuple[dict[str, Any], ...]  # effective: system prompt already applied
+    model: str
+    request_id: str
+    stream: bool = True
+    use_cache: bool = True
+    options: dict[str, Any] | None = None
+    format: str | dict[str, Any] | None = None
+    keep_alive: str | float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def ollama_payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"model": self.model, "messages": list(self.messages)}
+        if self.options:
+            payload["options"] = self.options
+        if self.format is not None:
+            payload["format"] = self.format
+        if self.keep_alive is not None:
+            payload["keep_alive"] = self.keep_alive
+        return payload
+
+
+def _bad(field_name: str, message: str) -> BadRequest:
+    return BadRequest(f"{field_name}: {message}", code=f"invalid_{field_name.split('[')[0]}")
+
+
+def _pick(body: Mapping[str, Any], snake: str, camel: str) -> Any:
+    """The snake_case name wins; the camelCase name of the old Node routes is accepted too."""
+    if snake in body:
+        return body[snake]
+    return body.get(camel)
+
+
+def _bool(body: Mapping[str, Any], name: str) -> bool | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise _bad(name, f"must be true or false, got {type(value).__name__}")
+    return value
+
+
+def wants_stream(accept: str | None) -> bool:
+    """Streams by default; a client that accepts only JSON gets JSON."""
+    if not accept:
+        return True
+    accept = accept.lower()
+    return not ("application/json" in accept and "text/event-stream" not in accept)
+
+
+def parse_chat_request(
+    body: Any, config: Config, *, accept: str | None = None, request_id: str | None = None
+) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_body")
+
+    messages = _messages(body.get("messages"))
+
+    model = body.get("model")
+    if model is None:
+        model = config.ollama.model
+    elif not isinstance(model, str) or not model.strip():
+        raise _bad("model", "must be a non-empty string")
+
+    system_prompt = _pick(body, "system_prompt", "systemPrompt")
+    if system_prompt is None:
+        system_prompt = config.ollama.system_prompt
+    elif not isinstance(system_prompt, str):
+        raise _bad("system_prompt", "must be a string")
+    if system_prompt and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+
+    stream = _bool(body, "stream")
+    if stream is None:
+        stream = wants_stream(accept)
+    use_cache = _pick(body, "use_cache", "useCache")
+    if use_cache is not None and not isinstance(use_cache, bool):
+        raise _bad("use_cache", "must be true or false")
+
+    options = body.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise _bad("options", 'must be an object such as {"temperature": 0.7}')
+
+    fmt = body.get("format")
+    if fmt is not None and not (fmt == "json" or isinstance(fmt, dict)):
+        raise _bad("format", 'must be "json" or a JSON schema object')
+
+    rid = _pick(body, "request_id", "requestId")
+    if rid is None:
+        rid = request_id or f"r-{uuid.uuid4().hex[:16]}"
+    elif not isinstance(rid, str) or not rid or len(rid) > _MAX_REQUEST_ID:
+        raise _bad(
+            "request_id", f"must be a non-empty string of at most {_MAX_REQUEST_ID} characters"
+        )
+
+    return ChatRequest(
+        messages=tuple(messages),
+        model=model.strip(),
+        request_id=rid,
+        stream=stream,
+        use_cache=True if use_cache is None else use_cache,
+        options=options or None,
+        format=fmt,
+        keep_alive=keep_alive_value(config.ollama.keep_alive),
+    )
+
+
+def _messages(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        raise _bad("messages", "is required (a list of {role, content})")
+    if not isinstance(value, list):
+        raise _bad("messages", f"must be a list of {{role, content}}, got {type(value).__name__}")
+    if not value:
+        raise _bad("messages", "must not be empty")
+    out = []
+    for i, msg in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            raise _bad(where, "must be an object with role and content")
+        role = msg.get("role")
+        if role not in ROLES:
+            raise _bad(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {role!r}")
+        content = msg.get("content")
+        if not isinstance(content, str):
+            raise _bad(f"{where}.content", f"must be a string, got {type(content).__name__}")
+        clean = {"role": role, "content": content}
+        for extra in _MESSAGE_EXTRAS:
+            if msg.get(extra):
+                clean[extra] = msg[extra]
+        out.append(clean)
+    return out

@@ -1,0 +1,62 @@
+"""The one error tree: every failure a client can see, with its HTTP status and machine code.
+
+    GatewayError                     500 internal_error
+    ├── BadRequest                   400 bad_request / invalid_<field>
+    ├── NotFound                     404 not_found
+    ├── ModelNotFound                404 model_not_found      (Ollama's 404)
+    ├── UpstreamError                502 upstream_error       (Ollama answered with an error)
+    │   └── OllamaUnreachable        502 ollama_unreachable   (connection refused, DNS, reset)
+    └── UpstreamTimeout              504 upstream_timeout     (connect or read timeout)
+
+Lower-level errors (aiohttp's, asyncio's) are translated into this tree in exactly one place,
+`server/services/ollama.py`; the error middleware in `server/app.py` renders it as
+`{"error": "...", "code": "..."}`. Streams that already started render it as a final SSE frame.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    status = 500
+    code = "internal_error"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+    ):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.message, "code": self.code}
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "bad_request"
+
+
+class NotFound(GatewayError):
+    status = 404
+    code = "not_found"
+
+
+class ModelNotFound(GatewayError):
+    status = 404
+    code = "model_not_found"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    code = "upstream_error"
+
+
+class OllamaUnreachable(UpstreamError):
+    code = "ollama_unreachable"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    code = "upstream_timeout"

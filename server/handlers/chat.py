@@ -1,0 +1,125 @@
+"""POST /api/chat-optimized: the chat endpoint, as Server-Sent Events or one JSON answer."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from server.chat_request import ChatRequest, parse_chat_request
+from server.errors import BadRequest, GatewayError
+from server.gateway import Content, Gateway
+from server.keys import CHAT_INFO, GATEWAY
+
+log = logging.getLogger("chatbot.http")
+routes = web.RouteTableDef()
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    # Tell nginx-style proxies not to buffer the stream.
+    "X-Accel-Buffering": "no",
+}
+
+
+def sse_frame(payload: dict[str, Any]) -> bytes:
+    """One `data:` line pair; json.dumps escapes newlines, so a frame is always one line."""
+    return (
+        b"data: "
+        + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        + b"\n\n"
+    )
+
+
+async def read_json(request: web.Request) -> Any:
+    raw = await request.read()  # over [server].max_body_kb raises 413 here
+    if not raw.strip():
+        raise BadRequest("request body is empty; send a JSON object", code="invalid_json")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+@routes.post("/api/chat-optimized")
+async def chat_optimized(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    body = await read_json(request)
+    req = parse_chat_request(body, gateway.config, accept=request.headers.get("Accept"))
+    info: dict[str, Any] = {"request_id": req.request_id, "model": req.model}
+    request[CHAT_INFO] = info  # read by the access-log middleware
+    if not req.stream:
+        content, done = await gateway.complete(req)
+        info.update(done.stats, cached=done.cached)
+        return web.json_response(
+            {
+                "content": content,
+                "done": True,
+                "cached": done.cached,
+                "request_id": req.request_id,
+                "model": done.model,
+                "stats": done.stats,
+            },
+            dumps=lambda o: json.dumps(o, ensure_ascii=False),
+        )
+    return await _stream(request, gateway, req, info)
+
+
+async def _stream(
+    request: web.Request, gateway: Gateway, req: ChatRequest, info: dict[str, Any]
+) -> web.StreamResponse:
+    rid = req.request_id
+    resp = web.StreamResponse(headers=SSE_HEADERS)
+    await resp.prepare(request)
+    try:
+        # aclosing: if the client goes away (write fails or the handler is cancelled), the
+        # generator is closed at once, and with it the upstream generation.
+        async with contextlib.aclosing(gateway.chat(req)) as events:
+            async for event in events:
+                if isinstance(event, Content):
+                    frame = {"content": event.text, "done": False, "request_id": rid}
+                else:
+                    info.update(event.stats, cached=event.cached)
+                    frame = {
+                        "content": "",
+                        "done": True,
+                        "cached": event.cached,
+                        "request_id": rid,
+                        "model": event.model,
+                        "stats": event.stats,
+                    }
+                await resp.write(sse_frame(frame))
+    except ConnectionResetError:
+        info["error"] = "disconnected"
+        return resp
+    except GatewayError as exc:
+        info["error"] = exc.code
+        await _final_error(
+            resp, {"error": exc.message, "code": exc.code, "done": True, "request_id": rid}
+        )
+        return resp
+    except Exception:
+        log.exception("chat stream %s failed", rid)
+        info["error"] = "internal_error"
+        await _final_error(
+            resp,
+            {
+                "error": "internal error; see the server log",
+                "code": "internal_error",
+                "done": True,
+                "request_id": rid,
+            },
+        )
+        return resp
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write_eof()
+    return resp
+
+
+async def _final_error(resp: web.StreamResponse, frame: dict[str, Any]) -> None:
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write(sse_frame(frame))
+        await resp.write_eof()

@@ -1,0 +1,13 @@
+"""Typed application and request state keys, declared in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from server.gateway import Gateway
+
+GATEWAY = web.AppKey("gateway", Gateway)
+# What the chat handler learned about a request (id, model, timings, error), for the access log.
+CHAT_INFO = web.RequestKey("chat_info", dict[str, Any])

@@ -1,0 +1,102 @@
+"""ServerHost: owns the HTTP server's lifecycle on a loop (start, stop, restart on a new config).
+
+The headless CLI and the desktop app both use it; the Gateway (and so the cache) outlives
+restarts of the HTTP side.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+from aiohttp import web
+
+from server.app import create_app
+from server.config import Config
+from server.gateway import Gateway
+
+log = logging.getLogger("chatbot.http")
+
+
+class PortInUse(OSError):
+    """The configured port is taken by another program."""
+
+    def __init__(self, host: str, port: int):
+        super().__init__(
+            errno.EADDRINUSE,
+            f"port {port} on {host} is already in use by another program; choose another with "
+            f"[server].port in the config file or PORT={port + 1 if port < 65535 else 8081}",
+        )
+        self.host, self.port = host, port
+
+
+class ServerHost:
+    def __init__(
+        self, gateway: Gateway, *, port_override: int | None = None, drain_seconds: float = 10.0
+    ) -> None:
+        self.gateway = gateway
+        # How long in-flight streams may finish on stop/restart before they are cancelled.
+        self.drain_seconds = drain_seconds
+        # Tests and benchmarks bind port 0 (any free port); the config itself insists on 1..65535.
+        self._port_override = port_override
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.gateway.config
+
+    @property
+    def url(self) -> str:
+        host = self.config.server.host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    async def start(self) -> None:
+        """Start the gateway's services (once) and bind the HTTP server."""
+        await self.gateway.start()
+        await self._bind()
+
+    async def _bind(self) -> None:
+        host = self.config.server.host
+        port = self.config.server.port if self._port_override is None else self._port_override
+        # handler_cancellation: a client that disconnects cancels its handler, which closes the
+        # upstream generation even while no byte is being written (waiting for a first token).
+        runner = web.AppRunner(
+            create_app(self.gateway),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=self.drain_seconds,
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(host, port) from exc
+            raise
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        log.info("serving on %s (Ollama at %s)", self.url, self.gateway.ollama.base_url)
+
+    async def _unbind(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def restart(self, config: Config | None = None) -> None:
+        """Rebind (e.g. on a new host/port) keeping the gateway, its cache and its queue."""
+        if config is not None:
+            self.gateway.apply_config(config)
+        await self._unbind()
+        await self._bind()
+
+    async def stop(self) -> None:
+        await self._unbind()
+        await self.gateway.close()

@@ -1,0 +1,291 @@
+"""The Ollama client: NDJSON chat streaming, metadata calls, warm-up, and error translation.
+
+This is the only module that sees aiohttp client errors and asyncio timeouts; it translates them
+into `server.errors` so nothing above it has to know which HTTP library talks to Ollama.
+aiohttp's ClientSession was chosen over httpx.AsyncClient by measurement (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from server.errors import (
+    BadRequest,
+    GatewayError,
+    ModelNotFound,
+    OllamaUnreachable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+
+log = logging.getLogger("chatbot.ollama")
+
+# Metadata calls (version, tags, probe) must answer quickly or Ollama counts as unreachable.
+_META_TIMEOUT_S = 5.0
+
+
+@dataclass
+class OllamaCounters:
+    requests: int = 0
+    errors: int = 0
+    tokens_generated: int = 0
+
+
+class OllamaClient:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 300,
+        connect_timeout_s: float = 5,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.counters = OllamaCounters()
+        # None until the first probe; then the outcome of the latest contact with Ollama.
+        self.reachable: bool | None = None
+        self.version: str | None = None
+        self.last_error: str | None = None
+        self.latency_ms: float | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            # No pool limit here: the queue decides how many generations run at once.
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                timeout=self._timeout(),
+                # Ollama rejects unknown Host headers; aiohttp sends the one of base_url.
+                auto_decompress=True,
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def configure(self, base_url: str, timeout_s: float, connect_timeout_s: float) -> None:
+        """Take new settings; the next request uses them (open streams keep theirs)."""
+        if base_url.rstrip("/") != self.base_url:
+            self.reachable, self.version = None, None
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        # No total limit: a long answer is fine as long as chunks keep coming.
+        return aiohttp.ClientTimeout(
+            total=None, connect=self.connect_timeout_s, sock_read=self.timeout_s
+        )
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("OllamaClient.start() was not awaited")
+        return self._session
+
+    # -- chat -------------------------------------------------------------------------------
+
+    async def chat_stream(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Yield Ollama's chat chunks, ending with the `done` chunk; raise GatewayError on failure.
+
+        Closing the generator early (a client went away) closes the upstream connection, which
+        is how Ollama learns to stop generating.
+        """
+        url = f"{self.base_url}/api/chat"
+        model = payload.get("model", "")
+        self.counters.requests += 1
+        try:
+            async with self.session.post(
+                url, json={**payload, "stream": True}, timeout=self._timeout()
+            ) as resp:
+                if resp.status >= 400:
+                    raise await self._http_error(resp, model)
+                self._mark_reachable()
+                async for chunk in _ndjson(resp):
+                    if "error" in chunk:
+                        raise UpstreamError(f"Ollama failed mid-answer: {chunk['error']}")
+                    if chunk.get("done"):
+                        self.counters.tokens_generated += int(chunk.get("eval_count") or 0)
+                        yield chunk
+                        return
+                    yield chunk
+                raise UpstreamError("Ollama closed the stream before the answer was complete")
+        except GatewayError:
+            self.counters.errors += 1
+            raise
+        except Exception as exc:  # translated here and nowhere else
+            self.counters.errors += 1
+            raise self._translate(exc) from exc
+
+    async def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """One non-streamed /api/chat call (used for warm-up and load/unload)."""
+        url = f"{self.base_url}/api/chat"
+        self.counters.requests += 1
+        try:
+            async with self.session.post(
+                url, json={**payload, "stream": False}, timeout=self._timeout()
+            ) as resp:
+                if resp.status >= 400:
+                    raise await self._http_error(resp, payload.get("model", ""))
+                self._mark_reachable()
+                data: dict[str, Any] = await resp.json(content_type=None)
+                return data
+        except GatewayError:
+            self.counters.errors += 1
+            raise
+        except Exception as exc:
+            self.counters.errors += 1
+            raise self._translate(exc) from exc
+
+    async def warm_up(self, model: str, keep_alive: str) -> bool:
+        """Ask Ollama to load the model (an empty chat request); log and report the outcome."""
+        started = time.perf_counter()
+        try:
+            await self.chat(
+                {"model": model, "messages": [], "keep_alive": keep_alive_value(keep_alive)}
+            )
+        except GatewayError as exc:
+            log.warning("warm-up of %s failed: %s", model, exc.message)
+            return False
+        log.info("model %s loaded in %.0f ms", model, (time.perf_counter() - started) * 1000)
+        return True
+
+    # -- metadata ---------------------------------------------------------------------------
+
+    async def get_version(self) -> str:
+        data = await self._get_json("/api/version")
+        return str(data.get("version", ""))
+
+    async def list_models(self) -> list[dict[str, Any]]:
+        data = await self._get_json("/api/tags")
+        return list(data.get("models") or [])
+
+    async def probe(self) -> bool:
+        """Check reachability (GET /api/version); updates `reachable`, `version`, `latency_ms`."""
+        started = time.perf_counter()
+        try:
+            self.version = await self.get_version()
+        except GatewayError as exc:
+            if self.reachable is not False:
+                log.warning("%s", exc.message)
+            self.reachable = False
+            self.last_error = exc.message
+            return False
+        self.latency_ms = (time.perf_counter() - started) * 1000
+        if self.reachable is False:
+            log.info("Ollama at %s is reachable again", self.base_url)
+        self._mark_reachable()
+        return True
+
+    async def _get_json(self, path: str) -> dict[str, Any]:
+        url = f"{self.base_url}{path}"
+        timeout = aiohttp.ClientTimeout(total=_META_TIMEOUT_S, connect=self.connect_timeout_s)
+        try:
+            async with self.session.get(url, timeout=timeout) as resp:
+                if resp.status >= 400:
+                    raise await self._http_error(resp, "")
+                data = await resp.json(content_type=None)
+                if not isinstance(data, dict):
+                    raise UpstreamError(
+                        f"Ollama at {self.base_url} sent unexpected JSON for {path}"
+                    )
+                return data
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    # -- error translation ------------------------------------------------------------------
+
+    def _mark_reachable(self) -> None:
+        self.reachable = True
+        self.last_error = None
+
+    async def _http_error(self, resp: aiohttp.ClientResponse, model: str) -> GatewayError:
+        text = (await resp.text(errors="replace")).strip()
+        try:
+            message = str(json.loads(text).get("error") or text)
+        except (ValueError, AttributeError):
+            message = text or resp.reason or "no details"
+        self._mark_reachable()  # it answered, so it is up
+        if resp.status == 404 and model:
+            return ModelNotFound(
+                f"model '{model}' not found in Ollama at {self.base_url} "
+                f"(Ollama said: {message}); pull it with `ollama pull {model}`"
+            )
+        if resp.status == 400:
+            return BadRequest(f"Ollama rejected the request: {message}", code="upstream_rejected")
+        if resp.status == 503:
+            err = UpstreamError(f"Ollama is busy: {message}", code="upstream_busy")
+            err.status = 503
+            return err
+        return UpstreamError(f"Ollama answered HTTP {resp.status}: {message}")
+
+    def _translate(self, exc: BaseException) -> GatewayError:
+        if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.InvalidURL):
+            self.reachable = False
+            self.last_error = f"Ollama not reachable at {self.base_url}"
+            return OllamaUnreachable(f"Ollama not reachable at {self.base_url} ({_reason(exc)})")
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            self.reachable = False
+            return OllamaUnreachable(
+                f"Ollama not reachable at {self.base_url} "
+                f"(no connection within {self.connect_timeout_s:g} s)"
+            )
+        if isinstance(exc, TimeoutError):
+            return UpstreamTimeout(
+                f"Ollama at {self.base_url} sent nothing for {self.timeout_s:g} s "
+                "([ollama].timeout_seconds)"
+            )
+        if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+            return UpstreamError(f"Ollama at {self.base_url} closed the connection mid-answer")
+        if isinstance(exc, aiohttp.ClientError | ValueError):
+            return UpstreamError(f"talking to Ollama at {self.base_url} failed: {_reason(exc)}")
+        return GatewayError(f"unexpected error talking to Ollama: {type(exc).__name__}")
+
+
+def _reason(exc: BaseException) -> str:
+    inner = getattr(exc, "os_error", None)
+    return (getattr(inner, "strerror", None) or str(exc) or type(exc).__name__).strip()
+
+
+def keep_alive_value(value: str) -> str | float:
+    """Ollama takes a number of seconds or a Go duration string; "10" alone would be a 400."""
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+async def _ndjson(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """Parse an NDJSON body, buffering lines that arrive split across reads."""
+    pending = b""
+    async for data in resp.content.iter_any():
+        pending += data
+        if b"\n" not in data:
+            continue
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield _loads(line)
+    if pending.strip():
+        yield _loads(pending)
+
+
+def _loads(line: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        raise UpstreamError(f"Ollama sent a line that is not JSON: {line[:80]!r}") from None
+    if not isinstance(obj, dict):
+        raise UpstreamError(f"Ollama sent a line that is not a JSON object: {line[:80]!r}")
+    return obj

@@ -1,0 +1,153 @@
+"""The Ollama client against real servers: NDJSON framing, metadata, warm-up, error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiohttp import web
+
+from server.errors import ModelNotFound, OllamaUnreachable, UpstreamError, UpstreamTimeout
+from server.services.ollama import OllamaClient
+from tests.conftest import Sim, free_port, user, wait_for
+
+
+@pytest.fixture
+async def client_for():
+    clients = []
+
+    async def make(url: str, **kw) -> OllamaClient:
+        client = OllamaClient(url, **kw)
+        await client.start()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+async def serve_raw(chunks: list[bytes], delay: float = 0.005):
+    """A real HTTP server that writes the given byte pieces one by one as /api/chat's body."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        for piece in chunks:
+            await resp.write(piece)
+            await asyncio.sleep(delay)
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/api/chat", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def test_lines_split_across_reads_are_reassembled(client_for):
+    lines = [
+        {"model": "m", "message": {"role": "assistant", "content": "Grüße "}, "done": False},
+        {"model": "m", "message": {"role": "assistant", "content": "😀 café"}, "done": False},
+        {
+            "model": "m",
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "eval_count": 2,
+        },
+    ]
+    body = b"".join(json.dumps(x, ensure_ascii=False).encode() + b"\n" for x in lines)
+    # Three-byte pieces split lines and multi-byte characters at every possible place.
+    pieces = [body[i : i + 3] for i in range(0, len(body), 3)]
+    runner, url = await serve_raw(pieces, delay=0.001)
+    try:
+        client = await client_for(url)
+        got = [chunk async for chunk in client.chat_stream({"model": "m", "messages": user()})]
+    finally:
+        await runner.cleanup()
+    assert got == lines
+    assert client.counters.tokens_generated == 2
+
+
+async def test_stream_cut_before_done_is_an_error(client_for):
+    partial = b'{"model":"m","message":{"role":"assistant","content":"Hi"},"done":false}\n'
+    runner, url = await serve_raw([partial])
+    try:
+        client = await client_for(url)
+        with pytest.raises(UpstreamError, match="closed the stream before the answer"):
+            async for _ in client.chat_stream({"model": "m", "messages": user()}):
+                pass
+    finally:
+        await runner.cleanup()
+
+
+async def test_non_json_line_is_a_clear_error(client_for):
+    runner, url = await serve_raw([b"<html>proxy error</html>\n"])
+    try:
+        client = await client_for(url)
+        with pytest.raises(UpstreamError, match="not JSON"):
+            async for _ in client.chat_stream({"model": "m", "messages": user()}):
+                pass
+    finally:
+        await runner.cleanup()
+
+
+async def test_metadata_calls(sim: Sim, client_for):
+    client = await client_for(sim.url)
+    assert await client.get_version() == "0.33.0"
+    models = await client.list_models()
+    assert [m["name"] for m in models] == ["llama3.2:latest"]
+    assert await client.probe() is True
+    assert client.reachable is True and client.version == "0.33.0"
+    assert client.latency_ms is not None and client.latency_ms >= 0
+
+
+async def test_non_streaming_chat(sim: Sim, client_for):
+    client = await client_for(sim.url)
+    data = await client.chat({"model": "llama3.2", "messages": user()})
+    assert data["done"] is True and data["message"]["content"]
+
+
+async def test_warm_up_loads_the_model(sim: Sim, client_for, http):
+    client = await client_for(sim.url)
+    assert await client.warm_up("llama3.2", "15m") is True
+    async with http.get(f"{sim.url}/api/ps") as r:
+        assert [m["name"] for m in (await r.json())["models"]] == ["llama3.2:latest"]
+    assert await client.warm_up("nope", "15m") is False
+
+
+async def test_gateway_warms_up_at_start(start_server, sim: Sim, http):
+    await start_server(ollama__warm_up=True)
+
+    async def loaded() -> bool:
+        async with http.get(f"{sim.url}/api/ps") as r:
+            return bool((await r.json())["models"])
+
+    assert await wait_for(loaded, timeout=3.0)
+
+
+async def test_error_translation(sim: Sim, client_for):
+    client = await client_for(sim.url)
+    with pytest.raises(ModelNotFound, match="model 'ghost' not found") as info:
+        async for _ in client.chat_stream({"model": "ghost", "messages": user()}):
+            pass
+    assert "ollama pull ghost" in info.value.message
+
+    dead = await client_for(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(OllamaUnreachable, match=r"Ollama not reachable at http://127\.0\.0\.1:"):
+        await dead.get_version()
+    assert await dead.probe() is False and dead.reachable is False
+
+    slow = await client_for(sim.url, timeout_s=0.3)
+    payload = {
+        "model": "llama3.2",
+        "messages": user(),
+        "options": {"sim_first_token_delay_ms": 2000},
+    }
+    with pytest.raises(UpstreamTimeout, match=r"sent nothing for 0\.3 s"):
+        async for _ in slow.chat_stream(payload):
+            pass
