@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -44,28 +46,45 @@ def json_error(
 @web.middleware
 async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
-    resp = await handler(request)
+    try:
+        resp = await handler(request)
+    except asyncio.CancelledError:
+        # The client went away and aiohttp cancelled the handler: still one line for it.
+        info = request.get(CHAT_INFO)
+        if info is not None:
+            info["error"] = "disconnected"
+            _log_chat(request, 499, info, (time.perf_counter() - started) * 1000)
+        else:
+            log.debug("%s %s client disconnected", request.method, request.path_qs)
+        raise
     ms = (time.perf_counter() - started) * 1000
     chat_info = request.get(CHAT_INFO)
     if chat_info is not None:
-        # One line per chat request: what a person debugging a slow or failed answer needs.
-        log.info(
-            "%s %s %d id=%s model=%s cached=%s ttft=%sms total=%sms tokens=%s%s",
-            request.method,
-            request.path,
-            resp.status,
-            chat_info.get("request_id"),
-            chat_info.get("model"),
-            str(chat_info.get("cached", False)).lower(),
-            chat_info.get("ttft_ms", "-"),
-            chat_info.get("total_ms", round(ms)),
-            chat_info.get("eval_count", 0),
-            f" error={chat_info['error']}" if "error" in chat_info else "",
-        )
+        _log_chat(request, resp.status, chat_info, ms)
     else:
         level = logging.INFO if resp.status >= 400 else logging.DEBUG
         log.log(level, "%s %s %d %.1fms", request.method, request.path_qs, resp.status, ms)
     return resp
+
+
+def _log_chat(request: web.Request, status: int, chat_info: dict[str, Any], ms: float) -> None:
+    """One line per chat request: what a person debugging a slow or failed answer needs.
+
+    A client that disconnected is logged with status 499 (nginx's "client closed request").
+    """
+    log.info(
+        "%s %s %d id=%s model=%s cached=%s ttft=%sms total=%sms tokens=%s%s",
+        request.method,
+        request.path,
+        status,
+        chat_info.get("request_id"),
+        chat_info.get("model"),
+        str(chat_info.get("cached", False)).lower(),
+        chat_info.get("ttft_ms", "-"),
+        chat_info.get("total_ms", round(ms)),
+        chat_info.get("eval_count", 0),
+        f" error={chat_info['error']}" if "error" in chat_info else "",
+    )
 
 
 @web.middleware

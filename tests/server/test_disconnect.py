@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import aiohttp
@@ -16,7 +17,8 @@ async def cancelled(sim: Sim) -> int:
     return (await sim.stats())["cancelled"]
 
 
-async def test_disconnect_mid_stream_cancels_upstream(start_sim, start_server):
+async def test_disconnect_mid_stream_cancels_upstream(start_sim, start_server, caplog):
+    caplog.set_level(logging.INFO, logger="chatbot.http")
     sim = await start_sim(tokens=400, token_delay_ms=20)
     server = await start_server(ollama__api_url=sim.url)
     async with aiohttp.ClientSession() as client:
@@ -29,6 +31,9 @@ async def test_disconnect_mid_stream_cancels_upstream(start_sim, start_server):
     assert time.monotonic() - gone < 1.0
     stats = await sim.stats()
     assert stats["in_progress"] == 0 and stats["completed"] == 0
+    # The request still gets its log line, marked as disconnected.
+    lines = [r.getMessage() for r in caplog.records if "/api/chat-optimized" in r.getMessage()]
+    assert len(lines) == 1 and "error=disconnected" in lines[0]
 
 
 async def test_disconnect_before_first_token_cancels_upstream(start_sim, start_server):
