@@ -1,0 +1,111 @@
+"""Ollama-compatible HTTP simulator: deterministic chat/generate streams for tests and benches."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+
+from aiohttp import web
+
+from server.simulator.handlers import create_app
+from server.simulator.settings import SIM_STATS, SimulatorSettings, SimulatorStats
+
+__all__ = [
+    "SIM_STATS",
+    "SimulatorSettings",
+    "SimulatorStats",
+    "add_cli_arguments",
+    "create_app",
+    "run",
+    "start",
+]
+
+logger = logging.getLogger("chatbot.simulator")
+
+
+async def start(
+    settings: SimulatorSettings, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, int]:
+    """Serve on the running loop; the caller owns the runner and must await runner.cleanup()."""
+    # handler_cancellation: a client disconnect must cancel the handler even while it sleeps
+    # before the first token, as Ollama cancels the request context. A short shutdown_timeout
+    # keeps cleanup from waiting a minute on streams that are still running.
+    runner = web.AppRunner(
+        create_app(settings), handler_cancellation=True, access_log=None, shutdown_timeout=1.0
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner, runner.addresses[0][1]
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = SimulatorSettings()
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=11434, help="port to bind (default %(default)s)"
+    )
+    parser.add_argument(
+        "--tokens", type=int, default=defaults.tokens, help="tokens per answer (%(default)s)"
+    )
+    parser.add_argument(
+        "--token-delay-ms",
+        type=float,
+        default=defaults.token_delay_ms,
+        help="delay between tokens in ms (%(default)s)",
+    )
+    parser.add_argument(
+        "--first-token-delay-ms",
+        type=float,
+        default=defaults.first_token_delay_ms,
+        help="delay before the first token in ms (%(default)s)",
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(defaults.models),
+        help="comma-separated model names to offer (%(default)s)",
+    )
+
+
+def _settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
+    models = tuple(name.strip() for name in args.models.split(",") if name.strip())
+    return SimulatorSettings(
+        tokens=args.tokens,
+        token_delay_ms=args.token_delay_ms,
+        first_token_delay_ms=args.first_token_delay_ms,
+        models=models or SimulatorSettings().models,
+    )
+
+
+async def _serve_until_signalled(settings: SimulatorSettings, host: str, port: int) -> None:
+    runner, bound = await start(settings, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows has no loop signal handlers
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    shown_host = f"[{host}]" if ":" in host else host
+    logger.info("Ollama simulator listening on http://%s:%d", shown_host, bound)
+    try:
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+    logger.info("Ollama simulator stopped")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; blocking."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve_until_signalled(_settings_from_args(args), args.host, args.port))
+    return 0
