@@ -26,6 +26,8 @@ class ChatRequest:
     request_id: str
     stream: bool = True
     use_cache: bool = True
+    cache_read: bool = True  # use_cache, and no `Cache-Control: no-cache` on the request
+    cache_write: bool = True  # no `Cache-Control: no-store` on the request
     options: dict[str, Any] | None = None
     format: str | dict[str, Any] | None = None
     keep_alive: str | float | None = None
@@ -70,8 +72,17 @@ def wants_stream(accept: str | None) -> bool:
     return not ("application/json" in accept and "text/event-stream" not in accept)
 
 
+def cache_directives(cache_control: str | None) -> set[str]:
+    return {d.split("=", 1)[0].strip().lower() for d in (cache_control or "").split(",")}
+
+
 def parse_chat_request(
-    body: Any, config: Config, *, accept: str | None = None, request_id: str | None = None
+    body: Any,
+    config: Config,
+    *,
+    accept: str | None = None,
+    cache_control: str | None = None,
+    request_id: str | None = None,
 ) -> ChatRequest:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_body")
@@ -115,12 +126,17 @@ def parse_chat_request(
             "request_id", f"must be a non-empty string of at most {_MAX_REQUEST_ID} characters"
         )
 
+    use_cache = True if use_cache is None else use_cache
+    directives = cache_directives(cache_control)
     return ChatRequest(
         messages=tuple(messages),
         model=model.strip(),
         request_id=rid,
         stream=stream,
-        use_cache=True if use_cache is None else use_cache,
+        use_cache=use_cache,
+        # A bypassed read still refreshes the entry with the fresh answer; no-store skips that.
+        cache_read=use_cache and "no-cache" not in directives,
+        cache_write="no-store" not in directives,
         options=options or None,
         format=fmt,
         keep_alive=keep_alive_value(config.ollama.keep_alive),

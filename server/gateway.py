@@ -1,8 +1,9 @@
 """The Gateway: the one object HTTP handlers and the desktop app talk to.
 
-It composes the services (today the Ollama client; the cache, queue and batch processor plug in
-at the marked places in `chat`) and exposes `chat()`, `complete()`, `health()`, `snapshot()` and
-`apply_config()`. Nobody else reaches into a service.
+It composes the services (the response cache and the Ollama client; the queue and batch
+processor wrap the upstream call in `_generate`) and exposes `chat()`, `complete()`, `health()`,
+`snapshot()`, `flush_cache()`, `reset_stats()` and `apply_config()`. Nobody else reaches into a
+service.
 """
 
 from __future__ import annotations
@@ -10,17 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import psutil
 
 from server import __version__
 from server.chat_request import ChatRequest
 from server.config import Config
 from server.errors import GatewayError
-from server.services.ollama import OllamaClient
+from server.services.cache import CachedAnswer, ResponseCache, cache_key
+from server.services.ollama import OllamaClient, OllamaCounters
 
 log = logging.getLogger("chatbot.gateway")
 
@@ -43,6 +48,30 @@ class Done:
 
 ChatEvent = Content | Done
 
+# A cache hit is replayed in word-sized pieces, each with the whitespace before it, as a
+# model's tokens would come; joined they are exactly the stored text.
+_WORDS = re.compile(r"\s*\S+|\s+")
+
+
+class ChatStream:
+    """An answer in progress: async-iterate it for events; `cached` is known before the first."""
+
+    def __init__(
+        self, events: AsyncGenerator[ChatEvent, None], *, hit: CachedAnswer | None = None
+    ) -> None:
+        self._events = events
+        self.hit = hit
+
+    @property
+    def cached(self) -> bool:
+        return self.hit is not None
+
+    def __aiter__(self) -> AsyncGenerator[ChatEvent, None]:
+        return self._events
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
 
 @dataclass
 class RequestRecord:
@@ -57,6 +86,17 @@ class RequestRecord:
     total_ms: int = 0
     tokens: int = 0
     status: str = "ok"  # ok, or the error code, or "disconnected"
+
+
+@dataclass
+class GenerationCounters:
+    """Upstream generations: running now, and how those that ended, ended."""
+
+    active: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    total_ms: int = 0  # summed over completed ones, for the average
 
 
 @dataclass
@@ -75,6 +115,13 @@ class Gateway:
             timeout_s=config.ollama.timeout_seconds,
             connect_timeout_s=config.ollama.connect_timeout_seconds,
         )
+        self.cache = ResponseCache(
+            enabled=config.cache.enabled,
+            max_size_mb=config.cache.max_size_mb,
+            ttl_seconds=config.cache.ttl_seconds,
+        )
+        self.generations = GenerationCounters()
+        self._process = psutil.Process()
         self.started_at = time.time()
         self.recent: deque[RequestRecord] = deque(maxlen=100)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -110,6 +157,11 @@ class Gateway:
             config.ollama.timeout_seconds,
             config.ollama.connect_timeout_seconds,
         )
+        self.cache.configure(
+            enabled=config.cache.enabled,
+            max_size_mb=config.cache.max_size_mb,
+            ttl_seconds=config.cache.ttl_seconds,
+        )
         return [
             f"[server].{name}"
             for name in ("host", "port")
@@ -118,15 +170,52 @@ class Gateway:
 
     # -- chat -------------------------------------------------------------------------------
 
-    async def chat(self, req: ChatRequest) -> AsyncIterator[ChatEvent]:
-        """Stream an answer: Content events, then one Done; raises GatewayError on failure.
+    def chat(self, req: ChatRequest) -> ChatStream:
+        """Open an answer: a ChatStream of Content events ending with one Done.
 
-        Stopping the iteration early (the client left) closes the upstream generation.
+        Whether it is a cache hit is known at once (for the `X-Cache` header). Iterating raises
+        GatewayError on failure; closing the stream early (the client left) closes the upstream
+        generation.
         """
+        key = self.cache_key(req)
+        hit = self.cache.get(key) if key is not None and req.cache_read else None
+        if hit is not None:
+            return ChatStream(self._replay(req, hit), hit=hit)
+        return ChatStream(self._generate(req, key if req.cache_write else None))
+
+    def cache_key(self, req: ChatRequest) -> str | None:
+        if not self.cache.enabled:
+            return None
+        return cache_key(req.model, req.messages, req.options, req.format)
+
+    async def _replay(self, req: ChatRequest, hit: CachedAnswer) -> AsyncIterator[ChatEvent]:
+        timer = _Timer()
+        record = RequestRecord(req.request_id, req.model, started=time.time(), cached=True)
+        log.info(
+            "cache hit %s model=%s (%d chars, stored %.0f s ago)",
+            req.request_id,
+            req.model,
+            len(hit.text),
+            time.monotonic() - hit.stored_at,
+        )
+        try:
+            for piece in _WORDS.findall(hit.text):
+                if record.ttft_ms is None:
+                    record.ttft_ms = timer.ms()
+                yield Content(piece)
+            record.tokens = hit.eval_count
+            record.total_ms = timer.ms()
+            yield Done(model=req.model, cached=True, stats=_stats(record))
+        finally:
+            self._finish(record, timer)
+
+    async def _generate(self, req: ChatRequest, store_key: str | None) -> AsyncIterator[ChatEvent]:
         timer = _Timer()
         record = RequestRecord(req.request_id, req.model, started=time.time())
+        parts: list[str] = []
+        gens = self.generations
+        gens.active += 1
         try:
-            # The response cache is consulted here, before any upstream work.
             # Coalescing of identical requests and queue admission wrap the upstream call below.
             record.queue_ms = timer.ms()
             async for chunk in self.ollama.chat_stream(req.ollama_payload()):
@@ -134,32 +223,75 @@ class Gateway:
                 if text:
                     if record.ttft_ms is None:
                         record.ttft_ms = timer.ms()
+                    parts.append(text)
                     yield Content(text)
                 if chunk.get("done"):
                     record.tokens = int(chunk.get("eval_count") or 0)
             record.total_ms = timer.ms()
+            # Only here, after Ollama's done chunk, is the answer complete: errors, cancelled
+            # and disconnected streams never reach this line, so they are never cached.
+            if store_key is not None:
+                self.cache.put(store_key, "".join(parts), req.model, record.tokens)
+            gens.completed += 1
+            gens.total_ms += record.total_ms
             yield Done(model=req.model, cached=False, stats=_stats(record))
         except GatewayError as exc:
             record.status = exc.code
+            gens.failed += 1
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            record.status = "disconnected"
+            if record.status == "ok" and not record.total_ms:
+                record.status = "disconnected"
+                gens.cancelled += 1
             raise
         finally:
-            record.total_ms = record.total_ms or timer.ms()
-            self.recent.append(record)
+            gens.active -= 1
+            self._finish(record, timer)
+
+    def _finish(self, record: RequestRecord, timer: _Timer) -> None:
+        record.total_ms = record.total_ms or timer.ms()
+        self.recent.append(record)
 
     async def complete(self, req: ChatRequest) -> tuple[str, Done]:
         """The whole answer at once (non-streaming clients)."""
+        stream = self.chat(req)
+        if stream.hit is not None:
+            # Fast path: no word splitting for a client that wants the whole text anyway.
+            await stream.aclose()
+            return stream.hit.text, self._record_hit(req, stream.hit)
         parts: list[str] = []
         done: Done | None = None
-        async for event in self.chat(req):
-            if isinstance(event, Content):
-                parts.append(event.text)
-            else:
-                done = event
-        assert done is not None  # chat() always ends with Done or raises
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                if isinstance(event, Content):
+                    parts.append(event.text)
+                else:
+                    done = event
+        assert done is not None  # a stream always ends with Done or raises
         return "".join(parts), done
+
+    def _record_hit(self, req: ChatRequest, hit: CachedAnswer) -> Done:
+        log.info("cache hit %s model=%s (%d chars)", req.request_id, req.model, len(hit.text))
+        record = RequestRecord(
+            req.request_id,
+            req.model,
+            started=time.time(),
+            cached=True,
+            ttft_ms=0,
+            tokens=hit.eval_count,
+        )
+        self.recent.append(record)
+        return Done(model=req.model, cached=True, stats=_stats(record))
+
+    def flush_cache(self) -> int:
+        count = self.cache.clear()
+        log.info("cache flushed (%d entries)", count)
+        return count
+
+    def reset_stats(self) -> None:
+        self.cache.reset_stats()
+        self.ollama.counters = OllamaCounters()
+        self.generations = GenerationCounters(active=self.generations.active)
 
     # -- reporting --------------------------------------------------------------------------
 
@@ -182,7 +314,25 @@ class Gateway:
     def snapshot(self) -> dict[str, Any]:
         """Everything the stats endpoint and the dashboard show, without any I/O."""
         c = self.ollama.counters
+        g = self.generations
         return {
+            "response_cache": self.cache.stats(),
+            "queue": {
+                "max_concurrent": self.config.queue.max_concurrent,
+                "active": g.active,
+                "waiting": 0,
+                "max_queue_size": self.config.queue.max_queue_size,
+                "completed": g.completed,
+                "cancelled": g.cancelled,
+                "rejected": 0,
+                "avg_wait_ms": 0.0,
+                "avg_generation_ms": round(g.total_ms / g.completed, 1) if g.completed else 0.0,
+            },
+            "batch": {
+                "coalesced": 0,
+                "batches": 0,
+                "max_batch_size": self.config.batch.max_batch_size,
+            },
             "ollama": {
                 "url": self.ollama.base_url,
                 "model": self.config.ollama.model,
@@ -193,6 +343,7 @@ class Gateway:
                 "errors": c.errors,
                 "tokens_generated": c.tokens_generated,
             },
+            "memory": {"rss_mb": round(self._process.memory_info().rss / 2**20, 1)},
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
 

@@ -48,7 +48,12 @@ async def read_json(request: web.Request) -> Any:
 async def chat_optimized(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     body = await read_json(request)
-    req = parse_chat_request(body, gateway.config, accept=request.headers.get("Accept"))
+    req = parse_chat_request(
+        body,
+        gateway.config,
+        accept=request.headers.get("Accept"),
+        cache_control=request.headers.get("Cache-Control"),
+    )
     info: dict[str, Any] = {"request_id": req.request_id, "model": req.model}
     request[CHAT_INFO] = info  # read by the access-log middleware
     if not req.stream:
@@ -64,6 +69,7 @@ async def chat_optimized(request: web.Request) -> web.StreamResponse:
                 "stats": done.stats,
             },
             dumps=lambda o: json.dumps(o, ensure_ascii=False),
+            headers={"X-Cache": "HIT" if done.cached else "MISS"},
         )
     return await _stream(request, gateway, req, info)
 
@@ -72,13 +78,16 @@ async def _stream(
     request: web.Request, gateway: Gateway, req: ChatRequest, info: dict[str, Any]
 ) -> web.StreamResponse:
     rid = req.request_id
-    resp = web.StreamResponse(headers=SSE_HEADERS)
-    await resp.prepare(request)
+    stream = gateway.chat(req)
+    resp = web.StreamResponse(
+        headers={**SSE_HEADERS, "X-Cache": "HIT" if stream.cached else "MISS"}
+    )
     try:
+        await resp.prepare(request)
         # aclosing: if the client goes away (write fails or the handler is cancelled), the
-        # generator is closed at once, and with it the upstream generation.
-        async with contextlib.aclosing(gateway.chat(req)) as events:
-            async for event in events:
+        # stream is closed at once, and with it the upstream generation.
+        async with contextlib.aclosing(stream):
+            async for event in stream:
                 if isinstance(event, Content):
                     frame = {"content": event.text, "done": False, "request_id": rid}
                 else:
