@@ -13,7 +13,7 @@ from aiohttp import web
 
 from server.errors import GatewayError
 from server.gateway import Gateway
-from server.handlers import chat, stats
+from server.handlers import chat, queue, stats
 from server.keys import CHAT_INFO, GATEWAY
 
 log = logging.getLogger("chatbot.http")
@@ -34,6 +34,7 @@ def create_app(gateway: Gateway) -> web.Application:
     app.on_response_prepare.append(_add_cors_headers)
     app.add_routes(chat.routes)
     app.add_routes(stats.routes)
+    app.add_routes(queue.routes)
     return app
 
 

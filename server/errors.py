@@ -6,7 +6,10 @@
     ├── ModelNotFound                404 model_not_found      (Ollama's 404)
     ├── UpstreamError                502 upstream_error       (Ollama answered with an error)
     │   └── OllamaUnreachable        502 ollama_unreachable   (connection refused, DNS, reset)
-    └── UpstreamTimeout              504 upstream_timeout     (connect or read timeout)
+    ├── UpstreamTimeout              504 upstream_timeout     (connect or read timeout)
+    ├── QueueFull                    503 queue_full           (with Retry-After)
+    ├── Cancelled                    409 cancelled            (DELETE /api/chat-queue)
+    └── Conflict                     409 conflict             (e.g. a request_id in use)
 
 Lower-level errors (aiohttp's, asyncio's) are translated into this tree in exactly one place,
 `server/services/ollama.py`; the error middleware in `server/app.py` renders it as
@@ -60,3 +63,20 @@ class OllamaUnreachable(UpstreamError):
 class UpstreamTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"
+
+
+class QueueFull(GatewayError):
+    status = 503
+    code = "queue_full"
+
+
+class Cancelled(GatewayError):
+    """The request was cancelled through DELETE /api/chat-queue."""
+
+    status = 409
+    code = "cancelled"
+
+
+class Conflict(GatewayError):
+    status = 409
+    code = "conflict"

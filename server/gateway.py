@@ -1,9 +1,12 @@
 """The Gateway: the one object HTTP handlers and the desktop app talk to.
 
-It composes the services (the response cache and the Ollama client; the queue and batch
-processor wrap the upstream call in `_generate`) and exposes `chat()`, `complete()`, `health()`,
-`snapshot()`, `flush_cache()`, `reset_stats()` and `apply_config()`. Nobody else reaches into a
-service.
+It composes the services — response cache, queue, tickets, coalescing and bulk batches, the
+Ollama client — and exposes `chat()`, `complete()`, `bulk()`, `issue_ticket()`, `ticket()`,
+`cancel()`, `health()`, `snapshot()`, `flush_cache()`, `reset_stats()` and `apply_config()`.
+Nobody else reaches into a service.
+
+A chat request goes: ticket → cache → (join an identical generation in flight | a new
+generation, which waits in the queue, then streams from Ollama and fills the cache).
 """
 
 from __future__ import annotations
@@ -14,8 +17,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import psutil
@@ -24,87 +26,19 @@ from server import __version__
 from server.chat_request import ChatRequest
 from server.config import Config
 from server.errors import GatewayError
+from server.services.batch import BulkProcessor, Coalescer
 from server.services.cache import CachedAnswer, ResponseCache, cache_key
+from server.services.generation import Generation, Queued
 from server.services.ollama import OllamaClient, OllamaCounters
+from server.services.queue import GenerationQueue, Priority
+from server.services.tickets import Ticket, TicketBook
+from server.streams import ChatEvent, ChatStream, Content, Done, RequestRecord, Timer
 
 log = logging.getLogger("chatbot.gateway")
-
-
-@dataclass(frozen=True)
-class Content:
-    """A piece of the answer."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Done:
-    """The end of a successful answer."""
-
-    model: str
-    cached: bool
-    stats: dict[str, int]
-
-
-ChatEvent = Content | Done
 
 # A cache hit is replayed in word-sized pieces, each with the whitespace before it, as a
 # model's tokens would come; joined they are exactly the stored text.
 _WORDS = re.compile(r"\s*\S+|\s+")
-
-
-class ChatStream:
-    """An answer in progress: async-iterate it for events; `cached` is known before the first."""
-
-    def __init__(
-        self, events: AsyncGenerator[ChatEvent, None], *, hit: CachedAnswer | None = None
-    ) -> None:
-        self._events = events
-        self.hit = hit
-
-    @property
-    def cached(self) -> bool:
-        return self.hit is not None
-
-    def __aiter__(self) -> AsyncGenerator[ChatEvent, None]:
-        return self._events
-
-    async def aclose(self) -> None:
-        await self._events.aclose()
-
-
-@dataclass
-class RequestRecord:
-    """One finished chat request, as the log line and the dashboard's table show it."""
-
-    request_id: str
-    model: str
-    started: float  # time.time()
-    cached: bool = False
-    queue_ms: int = 0
-    ttft_ms: int | None = None
-    total_ms: int = 0
-    tokens: int = 0
-    status: str = "ok"  # ok, or the error code, or "disconnected"
-
-
-@dataclass
-class GenerationCounters:
-    """Upstream generations: running now, and how those that ended, ended."""
-
-    active: int = 0
-    completed: int = 0
-    cancelled: int = 0
-    failed: int = 0
-    total_ms: int = 0  # summed over completed ones, for the average
-
-
-@dataclass
-class _Timer:
-    start: float = field(default_factory=time.perf_counter)
-
-    def ms(self) -> int:
-        return round((time.perf_counter() - self.start) * 1000)
 
 
 class Gateway:
@@ -120,7 +54,18 @@ class Gateway:
             max_size_mb=config.cache.max_size_mb,
             ttl_seconds=config.cache.ttl_seconds,
         )
-        self.generations = GenerationCounters()
+        self.queue = GenerationQueue(
+            max_concurrent=config.queue.max_concurrent,
+            max_queue_size=config.queue.max_queue_size,
+            estimated_ms=config.queue.estimated_time_per_request_ms,
+        )
+        self.tickets = TicketBook(self.queue, config.queue.ticket_ttl_seconds)
+        self.coalescer = Coalescer()
+        self.bulk_processor = BulkProcessor(
+            self._run_bulk_item,
+            max_batch_size=config.batch.max_batch_size,
+            batch_timeout_ms=config.batch.batch_timeout_ms,
+        )
         self._process = psutil.Process()
         self.started_at = time.time()
         self.recent: deque[RequestRecord] = deque(maxlen=100)
@@ -133,6 +78,7 @@ class Gateway:
         self._tasks.append(asyncio.create_task(self._probe_loop(), name="ollama-probe"))
 
     async def close(self) -> None:
+        await self.bulk_processor.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -162,6 +108,16 @@ class Gateway:
             max_size_mb=config.cache.max_size_mb,
             ttl_seconds=config.cache.ttl_seconds,
         )
+        self.queue.configure(
+            max_concurrent=config.queue.max_concurrent,
+            max_queue_size=config.queue.max_queue_size,
+            estimated_ms=config.queue.estimated_time_per_request_ms,
+        )
+        self.tickets.ttl_seconds = config.queue.ticket_ttl_seconds
+        self.bulk_processor.configure(
+            max_batch_size=config.batch.max_batch_size,
+            batch_timeout_ms=config.batch.batch_timeout_ms,
+        )
         return [
             f"[server].{name}"
             for name in ("host", "port")
@@ -170,34 +126,65 @@ class Gateway:
 
     # -- chat -------------------------------------------------------------------------------
 
-    def chat(self, req: ChatRequest) -> ChatStream:
-        """Open an answer: a ChatStream of Content events ending with one Done.
+    def chat(self, req: ChatRequest, priority: Priority = Priority.INTERACTIVE) -> ChatStream:
+        """Open an answer: a ChatStream of Queued and Content events ending with one Done.
 
-        Whether it is a cache hit is known at once (for the `X-Cache` header). Iterating raises
-        GatewayError on failure; closing the stream early (the client left) closes the upstream
-        generation.
+        Whether it is a cache hit is known at once (for the `X-Cache` header), and so is a full
+        queue (QueueFull, raised here). Iterating raises GatewayError on failure; closing the
+        stream early (the client left) detaches it, and the upstream generation stops when
+        nobody else listens to it.
         """
-        key = self.cache_key(req)
-        hit = self.cache.get(key) if key is not None and req.cache_read else None
-        if hit is not None:
-            return ChatStream(self._replay(req, hit), hit=hit)
-        return ChatStream(self._generate(req, key if req.cache_write else None))
+        ticket = self.tickets.open(req.request_id, priority)  # may raise Conflict
+        try:
+            key = self.cache_key(req)
+            hit = self.cache.get(key) if req.cache_read else None
+            if hit is not None:
+                self.tickets.drop_reservation(ticket)
+                return ChatStream(self._replay(req, hit, ticket), hit=hit)
+            gen = self._generation_for(req, key, ticket, priority)
+        except GatewayError:
+            self.tickets.forget(ticket)
+            raise
+        ticket.generation = gen
+        return ChatStream(self._listen(req, gen, ticket))
 
-    def cache_key(self, req: ChatRequest) -> str | None:
-        if not self.cache.enabled:
-            return None
+    def cache_key(self, req: ChatRequest) -> str:
         return cache_key(req.model, req.messages, req.options, req.format)
 
-    async def _replay(self, req: ChatRequest, hit: CachedAnswer) -> AsyncIterator[ChatEvent]:
-        timer = _Timer()
-        record = RequestRecord(req.request_id, req.model, started=time.time(), cached=True)
-        log.info(
-            "cache hit %s model=%s (%d chars, stored %.0f s ago)",
-            req.request_id,
-            req.model,
-            len(hit.text),
-            time.monotonic() - hit.stored_at,
+    def _generation_for(
+        self, req: ChatRequest, key: str, ticket: Ticket, priority: Priority
+    ) -> Generation:
+        # Only cacheable requests share: a client that asked for a fresh answer gets its own.
+        shareable = self.config.batch.enabled and req.cache_read and req.cache_write
+        if shareable and (gen := self.coalescer.join(key)) is not None:
+            log.info("%s joins the identical generation in flight", req.request_id)
+            self.tickets.drop_reservation(ticket)
+            return gen
+        entry = self.tickets.take_reservation(ticket) or self.queue.enqueue(
+            priority, label=req.request_id
         )
+
+        def store(text: str, tokens: int) -> None:
+            self.cache.put(key, text, req.model, tokens)
+
+        gen = Generation(
+            ollama=self.ollama,
+            queue=self.queue,
+            entry=entry,
+            payload=req.ollama_payload(),
+            on_complete=store if req.cache_write else None,
+            on_finish=lambda g: self.coalescer.forget(key, g),
+        )
+        if shareable:
+            self.coalescer.register(key, gen)
+        return gen
+
+    async def _replay(
+        self, req: ChatRequest, hit: CachedAnswer, ticket: Ticket
+    ) -> AsyncIterator[ChatEvent]:
+        timer = Timer()
+        record = RequestRecord(req.request_id, req.model, cached=True)
+        self._log_hit(req, hit)
         try:
             for piece in _WORDS.findall(hit.text):
                 if record.ttft_ms is None:
@@ -205,56 +192,50 @@ class Gateway:
                 yield Content(piece)
             record.tokens = hit.eval_count
             record.total_ms = timer.ms()
-            yield Done(model=req.model, cached=True, stats=_stats(record))
+            yield Done(model=req.model, cached=True, stats=record.stats())
         finally:
-            self._finish(record, timer)
+            self._finish(record, timer, ticket)
 
-    async def _generate(self, req: ChatRequest, store_key: str | None) -> AsyncIterator[ChatEvent]:
-        timer = _Timer()
-        record = RequestRecord(req.request_id, req.model, started=time.time())
-        parts: list[str] = []
-        gens = self.generations
-        gens.active += 1
+    async def _listen(
+        self, req: ChatRequest, gen: Generation, ticket: Ticket
+    ) -> AsyncIterator[ChatEvent]:
+        timer = Timer()
+        record = RequestRecord(req.request_id, req.model)
+        listening_since = time.monotonic()
         try:
-            # Coalescing of identical requests and queue admission wrap the upstream call below.
-            record.queue_ms = timer.ms()
-            async for chunk in self.ollama.chat_stream(req.ollama_payload()):
-                text = (chunk.get("message") or {}).get("content") or ""
-                if text:
-                    if record.ttft_ms is None:
-                        record.ttft_ms = timer.ms()
-                    parts.append(text)
-                    yield Content(text)
-                if chunk.get("done"):
-                    record.tokens = int(chunk.get("eval_count") or 0)
+            async for event in gen.listen(ticket):
+                if isinstance(event, Queued):
+                    yield event
+                    continue
+                if record.ttft_ms is None:
+                    record.ttft_ms = timer.ms()
+                yield Content(event.text)
+            granted = gen.entry.granted_at or listening_since
+            record.queue_ms = max(0, round((granted - listening_since) * 1000))
+            record.tokens = gen.tokens
             record.total_ms = timer.ms()
-            # Only here, after Ollama's done chunk, is the answer complete: errors, cancelled
-            # and disconnected streams never reach this line, so they are never cached.
-            if store_key is not None:
-                self.cache.put(store_key, "".join(parts), req.model, record.tokens)
-            gens.completed += 1
-            gens.total_ms += record.total_ms
-            yield Done(model=req.model, cached=False, stats=_stats(record))
-        except GatewayError as exc:
+            yield Done(model=req.model, cached=False, stats=record.stats())
+        except GatewayError as exc:  # Cancelled included: its code is "cancelled"
             record.status = exc.code
-            gens.failed += 1
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            if record.status == "ok" and not record.total_ms:
+            if not record.total_ms:
                 record.status = "disconnected"
-                gens.cancelled += 1
             raise
         finally:
-            gens.active -= 1
-            self._finish(record, timer)
+            self._finish(record, timer, ticket)
 
-    def _finish(self, record: RequestRecord, timer: _Timer) -> None:
+    def _finish(self, record: RequestRecord, timer: Timer, ticket: Ticket) -> None:
         record.total_ms = record.total_ms or timer.ms()
         self.recent.append(record)
+        status = {"ok": "completed", "cancelled": "cancelled", "disconnected": "cancelled"}
+        self.tickets.finish(ticket, status.get(record.status, "failed"))
 
-    async def complete(self, req: ChatRequest) -> tuple[str, Done]:
-        """The whole answer at once (non-streaming clients)."""
-        stream = self.chat(req)
+    async def complete(
+        self, req: ChatRequest, priority: Priority = Priority.INTERACTIVE
+    ) -> tuple[str, Done]:
+        """The whole answer at once (non-streaming clients); queue updates are not needed."""
+        stream = self.chat(req, priority)
         if stream.hit is not None:
             # Fast path: no word splitting for a client that wants the whole text anyway.
             await stream.aclose()
@@ -265,23 +246,97 @@ class Gateway:
             async for event in stream:
                 if isinstance(event, Content):
                     parts.append(event.text)
-                else:
+                elif isinstance(event, Done):
                     done = event
         assert done is not None  # a stream always ends with Done or raises
         return "".join(parts), done
 
-    def _record_hit(self, req: ChatRequest, hit: CachedAnswer) -> Done:
-        log.info("cache hit %s model=%s (%d chars)", req.request_id, req.model, len(hit.text))
-        record = RequestRecord(
+    def _log_hit(self, req: ChatRequest, hit: CachedAnswer) -> None:
+        log.info(
+            "cache hit %s model=%s (%d chars, stored %.0f s ago)",
             req.request_id,
             req.model,
-            started=time.time(),
-            cached=True,
-            ttft_ms=0,
-            tokens=hit.eval_count,
+            len(hit.text),
+            time.monotonic() - hit.stored_at,
+        )
+
+    def _record_hit(self, req: ChatRequest, hit: CachedAnswer) -> Done:
+        self._log_hit(req, hit)
+        record = RequestRecord(
+            req.request_id, req.model, cached=True, ttft_ms=0, tokens=hit.eval_count
         )
         self.recent.append(record)
-        return Done(model=req.model, cached=True, stats=_stats(record))
+        ticket = self.tickets.get(req.request_id)
+        if ticket is not None:
+            self.tickets.finish(ticket, "completed")
+        return Done(model=req.model, cached=True, stats=record.stats())
+
+    # -- bulk jobs and tickets --------------------------------------------------------------
+
+    async def bulk(self, items: list[ChatRequest | GatewayError]) -> list[dict[str, Any]]:
+        """Answer a bulk job: per-item results in order; one failure never fails the others.
+
+        Identical items are computed once, cache hits are answered at once, the rest go through
+        the queue at batch priority in groups (BulkProcessor).
+        """
+        results: list[dict[str, Any] | None] = [None] * len(items)
+        first_of: dict[str, int] = {}
+        twins: dict[int, list[int]] = {}
+        to_run: list[tuple[int, ChatRequest]] = []
+        for i, item in enumerate(items):
+            if isinstance(item, GatewayError):
+                results[i] = _failed(item)
+                continue
+            key = self.cache_key(item)
+            if key in first_of and item.cache_read:
+                twins.setdefault(first_of[key], []).append(i)
+                continue
+            first_of.setdefault(key, i)
+            hit = self.cache.get(key) if item.cache_read else None
+            if hit is not None:
+                results[i] = {"content": hit.text, "cached": True, "model": item.model}
+            else:
+                to_run.append((i, item))
+        answers = await self.bulk_processor.submit([req for _, req in to_run])
+        for (i, req), answer in zip(to_run, answers, strict=True):
+            if isinstance(answer, GatewayError):
+                results[i] = _failed(answer)
+            elif isinstance(answer, BaseException):
+                log.error("bulk item %s failed: %r", req.request_id, answer)
+                results[i] = _failed(GatewayError("internal error; see the server log"))
+            else:
+                results[i] = {"content": answer[0], "cached": False, "model": req.model}
+        for first, others in twins.items():
+            for i in others:
+                results[i] = dict(results[first] or {})
+        return [r or {} for r in results]
+
+    async def _run_bulk_item(self, req: ChatRequest) -> tuple[str, Done]:
+        return await self.complete(req, Priority.BATCH)
+
+    def issue_ticket(self, req: ChatRequest) -> Ticket:
+        """POST /api/chat-queue: a place in line for a chat request to claim."""
+        return self.tickets.issue(req.request_id)
+
+    def ticket(self, request_id: str) -> Ticket | None:
+        return self.tickets.get(request_id)
+
+    def cancel(self, ticket: Ticket) -> None:
+        log.info("cancelling %s (%s)", ticket.request_id, ticket.status)
+        self.tickets.cancel(ticket)
+
+    def ticket_info(self, ticket: Ticket) -> dict[str, Any]:
+        """A ticket as /api/chat-queue shows it (camelCase, as the Node route did)."""
+        return {
+            "success": True,
+            "requestId": ticket.request_id,
+            "status": ticket.status,
+            "position": ticket.position,
+            "estimatedWaitTime": self.queue.eta_ms(ticket.position),
+            "queueLength": self.queue.waiting,
+        }
+
+    # -- reporting --------------------------------------------------------------------------
 
     def flush_cache(self) -> int:
         count = self.cache.clear()
@@ -290,10 +345,10 @@ class Gateway:
 
     def reset_stats(self) -> None:
         self.cache.reset_stats()
+        self.queue.reset_stats()
+        self.coalescer.coalesced = 0
+        self.bulk_processor.batches = self.bulk_processor.items = 0
         self.ollama.counters = OllamaCounters()
-        self.generations = GenerationCounters(active=self.generations.active)
-
-    # -- reporting --------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
         if self.ollama.reachable is None:
@@ -314,24 +369,18 @@ class Gateway:
     def snapshot(self) -> dict[str, Any]:
         """Everything the stats endpoint and the dashboard show, without any I/O."""
         c = self.ollama.counters
-        g = self.generations
         return {
             "response_cache": self.cache.stats(),
-            "queue": {
-                "max_concurrent": self.config.queue.max_concurrent,
-                "active": g.active,
-                "waiting": 0,
-                "max_queue_size": self.config.queue.max_queue_size,
-                "completed": g.completed,
-                "cancelled": g.cancelled,
-                "rejected": 0,
-                "avg_wait_ms": 0.0,
-                "avg_generation_ms": round(g.total_ms / g.completed, 1) if g.completed else 0.0,
-            },
+            "queue": self.queue.stats(),
             "batch": {
-                "coalesced": 0,
-                "batches": 0,
-                "max_batch_size": self.config.batch.max_batch_size,
+                "enabled": self.config.batch.enabled,
+                "coalesced": self.coalescer.coalesced,
+                "in_flight": self.coalescer.inflight,
+                "batches": self.bulk_processor.batches,
+                "batched_items": self.bulk_processor.items,
+                "pending": self.bulk_processor.pending,
+                "max_batch_size": self.bulk_processor.max_batch_size,
+                "batch_timeout_ms": self.bulk_processor.batch_timeout_ms,
             },
             "ollama": {
                 "url": self.ollama.base_url,
@@ -348,10 +397,5 @@ class Gateway:
         }
 
 
-def _stats(record: RequestRecord) -> dict[str, int]:
-    return {
-        "queue_ms": record.queue_ms,
-        "ttft_ms": record.ttft_ms if record.ttft_ms is not None else record.total_ms,
-        "total_ms": record.total_ms,
-        "eval_count": record.tokens,
-    }
+def _failed(exc: GatewayError) -> dict[str, Any]:
+    return {"content": None, "cached": False, "error": exc.message, "code": exc.code}

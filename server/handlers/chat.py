@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import uuid
 from typing import Any
 
 from aiohttp import web
 
 from server.chat_request import ChatRequest, parse_chat_request
 from server.errors import BadRequest, GatewayError
-from server.gateway import Content, Gateway
+from server.gateway import Gateway
 from server.keys import CHAT_INFO, GATEWAY
+from server.services.generation import Queued
+from server.streams import Content
 
 log = logging.getLogger("chatbot.http")
 routes = web.RouteTableDef()
@@ -90,6 +93,14 @@ async def _stream(
             async for event in stream:
                 if isinstance(event, Content):
                     frame = {"content": event.text, "done": False, "request_id": rid}
+                elif isinstance(event, Queued):
+                    frame = {
+                        "queued": True,
+                        "position": event.position,
+                        "estimated_wait_ms": event.estimated_wait_ms,
+                        "done": False,
+                        "request_id": rid,
+                    }
                 else:
                     info.update(event.stats, cached=event.cached)
                     frame = {
@@ -132,3 +143,41 @@ async def _final_error(resp: web.StreamResponse, frame: dict[str, Any]) -> None:
     with contextlib.suppress(ConnectionResetError):
         await resp.write(sse_frame(frame))
         await resp.write_eof()
+
+
+MAX_BULK_ITEMS = 100
+
+
+@routes.post("/api/chat-batch")
+async def chat_batch(request: web.Request) -> web.Response:
+    """Bulk job: `{"requests": [chat body, ...]}` → `{"results": [...]}` in request order."""
+    gateway = request.app[GATEWAY]
+    body = await read_json(request)
+    items = body.get("requests") if isinstance(body, dict) else None
+    if not isinstance(items, list) or not items:
+        raise BadRequest(
+            "requests: must be a non-empty list of chat bodies", code="invalid_requests"
+        )
+    if len(items) > MAX_BULK_ITEMS:
+        raise BadRequest(
+            f"requests: at most {MAX_BULK_ITEMS} items per batch, got {len(items)}",
+            code="invalid_requests",
+        )
+    batch_id = f"b-{uuid.uuid4().hex[:12]}"
+    parsed: list[ChatRequest | GatewayError] = []
+    for i, item in enumerate(items):
+        try:
+            # Ids of their own: a bulk item never claims or collides with a chat ticket.
+            item = (
+                {k: v for k, v in item.items() if k not in ("request_id", "requestId")}
+                if isinstance(item, dict)
+                else item
+            )
+            parsed.append(parse_chat_request(item, gateway.config, request_id=f"{batch_id}-{i}"))
+        except GatewayError as exc:
+            exc.message = f"requests[{i}].{exc.message}"
+            parsed.append(exc)
+    results = await gateway.bulk(parsed)
+    return web.json_response(
+        {"results": results}, dumps=lambda o: json.dumps(o, ensure_ascii=False)
+    )

@@ -1,0 +1,179 @@
+"""One upstream generation, shared by every client that asked the identical question.
+
+The generation runs as its own task: it waits for its turn in the queue, streams from Ollama,
+collects the answer and stores it in the cache when (and only when) Ollama said it was done.
+Each client is a listener that first receives what was already produced, then the live rest,
+and while the generation waits, its position and ETA. When the last listener leaves, the task
+is cancelled, which closes the upstream request (or leaves the queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from server.errors import Cancelled, GatewayError, UpstreamError
+from server.services.ollama import OllamaClient
+from server.services.queue import GenerationQueue, QueueEntry, State
+
+# A waiting client hears its position at least this often, even when it does not move.
+HEARTBEAT_S = 5.0
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The answer waits for a free slot."""
+
+    position: int
+    estimated_wait_ms: int
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A piece of the answer, as Ollama produced it."""
+
+    text: str
+
+
+class Listener(Protocol):
+    """What a generation needs to know about one client (a ticket)."""
+
+    cancelled: bool
+
+
+class Signal:
+    """Wakes every waiter on each fire(); a waiter takes the handle *before* checking state."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def handle(self) -> asyncio.Event:
+        return self._event
+
+
+class Generation:
+    def __init__(
+        self,
+        *,
+        ollama: OllamaClient,
+        queue: GenerationQueue,
+        entry: QueueEntry,
+        payload: dict[str, Any],
+        on_complete: Callable[[str, int], None] | None = None,
+        on_finish: Callable[[Generation], None] | None = None,
+    ) -> None:
+        self.ollama = ollama
+        self.queue = queue
+        self.entry = entry
+        self.payload = payload
+        self.parts: list[str] = []
+        self.tokens = 0
+        self.error: GatewayError | None = None
+        self.finished = False
+        self.completed = False
+        self.listeners = 0
+        self.signal = Signal()
+        self.started_at = time.monotonic()
+        self.first_token_at: float | None = None
+        self._on_complete = on_complete
+        self._on_finish = on_finish
+        entry.on_change = self.signal.fire
+        self.task = asyncio.create_task(self._run(), name=f"generation {entry.label}")
+        self.task.add_done_callback(self._on_task_done)
+
+    @property
+    def waiting(self) -> bool:
+        return self.entry.state is State.WAITING
+
+    async def _run(self) -> None:
+        outcome, generation_ms = "failed", None
+        try:
+            await self.queue.wait_turn(self.entry)
+            began = time.monotonic()
+            async for chunk in self.ollama.chat_stream(self.payload):
+                text = (chunk.get("message") or {}).get("content") or ""
+                if text:
+                    if self.first_token_at is None:
+                        self.first_token_at = time.monotonic()
+                    self.parts.append(text)
+                    self.signal.fire()
+                if chunk.get("done"):
+                    self.tokens = int(chunk.get("eval_count") or 0)
+            generation_ms = (time.monotonic() - began) * 1000
+            # Only here, after Ollama's done chunk, is the answer complete: failed, timed-out,
+            # cancelled and abandoned generations never reach this line, so none is cached.
+            self.completed = True
+            outcome = "completed"
+            if self._on_complete is not None:
+                self._on_complete("".join(self.parts), self.tokens)
+        except GatewayError as exc:
+            self.error = exc
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self._finalize(outcome, generation_ms)
+
+    def _finalize(self, outcome: str, generation_ms: float | None = None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.queue.release(self.entry, outcome, generation_ms)
+        if self._on_finish is not None:
+            self._on_finish(self)
+        self.signal.fire()
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never runs _run's finally: clean up here.
+        self._finalize("cancelled")
+
+    def joinable(self) -> bool:
+        return not self.finished and not self.task.cancelled()
+
+    async def listen(self, listener: Listener) -> AsyncIterator[Queued | Piece]:
+        """Events for one client: Queued while waiting, then every Piece from the first.
+
+        Returns when the answer is complete; raises the generation's error, or Cancelled when
+        the listener was cancelled. Leaving early (closing the iterator) detaches the listener.
+        """
+        self.listeners += 1
+        sent = 0
+        last_position, last_told = -1, 0.0
+        try:
+            while True:
+                changed = self.signal.handle()
+                if listener.cancelled:
+                    raise Cancelled("request cancelled (DELETE /api/chat-queue)")
+                if self.waiting:
+                    now = time.monotonic()
+                    position = self.entry.position
+                    if position != last_position or now - last_told >= HEARTBEAT_S:
+                        last_position, last_told = position, now
+                        yield Queued(position, self.queue.eta_ms(position))
+                while sent < len(self.parts):
+                    sent += 1
+                    yield Piece(self.parts[sent - 1])
+                if self.finished:
+                    if self.completed:
+                        return
+                    if self.error is not None:
+                        err = self.error
+                        # A fresh exception per listener: one instance raised in several tasks
+                        # would collect their tracebacks.
+                        raise type(err)(err.message, code=err.code, headers=err.headers)
+                    raise UpstreamError("the generation was stopped before it finished")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), HEARTBEAT_S if self.waiting else None)
+        finally:
+            self.listeners -= 1
+            if self.listeners == 0 and not self.finished:
+                # Nobody listens any more: stop generating (or leave the queue).
+                self.task.cancel()

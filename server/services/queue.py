@@ -1,0 +1,233 @@
+"""Admission control for upstream generations: slots, a prioritized waiting line, positions, ETAs.
+
+At most `max_concurrent` entries hold a slot at once; the rest wait in service order. Interactive
+chat goes before batch work, but a batch entry that has waited longer than `aging_factor` times
+the average generation time is served as if it were interactive (and, being older, ahead of
+them), so a flood of chat traffic delays bulk jobs without ever starving them.
+
+ETA = position × recent average generation time ÷ max_concurrent, falling back to
+`estimated_time_per_request_ms` until a generation has been measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from server.errors import QueueFull
+
+log = logging.getLogger("chatbot.queue")
+
+# How many recent generations the average (and so the ETA) is taken over.
+_HISTORY = 20
+
+
+class Priority(enum.IntEnum):
+    INTERACTIVE = 0
+    BATCH = 1
+
+
+class State(enum.Enum):
+    WAITING = "waiting"
+    ACTIVE = "active"
+    DONE = "done"
+
+
+@dataclass(eq=False)
+class QueueEntry:
+    """One place in line, for one upstream generation."""
+
+    priority: Priority
+    label: str = ""
+    seq: int = 0
+    enqueued_at: float = field(default_factory=time.monotonic)
+    granted_at: float | None = None
+    state: State = State.WAITING
+    position: int = 0  # 1-based while waiting, 0 once it holds a slot
+    on_change: Callable[[], None] | None = None
+    _granted: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def wait_ms(self) -> float:
+        end = self.granted_at if self.granted_at is not None else time.monotonic()
+        return (end - self.enqueued_at) * 1000
+
+
+@dataclass
+class QueueCounters:
+    completed: int = 0
+    cancelled: int = 0
+    failed: int = 0
+    rejected: int = 0
+    granted: int = 0
+    total_wait_ms: float = 0.0
+
+
+class GenerationQueue:
+    def __init__(
+        self,
+        *,
+        max_concurrent: int = 1,
+        max_queue_size: int = 100,
+        estimated_ms: float = 30000,
+        aging_factor: float = 4.0,
+    ) -> None:
+        self.max_concurrent = max_concurrent
+        self.max_queue_size = max_queue_size
+        self.estimated_ms = estimated_ms
+        self.aging_factor = aging_factor
+        self.counters = QueueCounters()
+        self._waiting: list[QueueEntry] = []
+        self._active: set[QueueEntry] = set()
+        self._history: deque[float] = deque(maxlen=_HISTORY)
+        self._seq = itertools.count()
+
+    # -- figures ------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        return len(self._active)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def avg_generation_ms(self) -> float:
+        return sum(self._history) / len(self._history) if self._history else self.estimated_ms
+
+    def eta_ms(self, position: int) -> int:
+        return round(position * self.avg_generation_ms / self.max_concurrent)
+
+    def retry_after_s(self) -> int:
+        """What a rejected client is told to wait: until the line is about one place shorter."""
+        return max(1, math.ceil(self.eta_ms(1) / 1000))
+
+    # -- the line -----------------------------------------------------------------------------
+
+    def enqueue(
+        self,
+        priority: Priority,
+        *,
+        label: str = "",
+        on_change: Callable[[], None] | None = None,
+    ) -> QueueEntry:
+        """Take a place in line (or a slot at once); raise QueueFull when the line is full."""
+        entry = QueueEntry(priority, label, next(self._seq), on_change=on_change)
+        if len(self._active) < self.max_concurrent and not self._waiting:
+            self._grant(entry)
+            return entry
+        if len(self._waiting) >= self.max_queue_size:
+            self.counters.rejected += 1
+            raise QueueFull(
+                f"the queue is full ({len(self._waiting)} waiting, [queue].max_queue_size = "
+                f"{self.max_queue_size}); try again in {self.retry_after_s()} s",
+                headers={"Retry-After": str(self.retry_after_s())},
+            )
+        self._waiting.append(entry)
+        self._reorder()
+        return entry
+
+    async def wait_turn(self, entry: QueueEntry) -> None:
+        """Wait until the entry holds a slot. Cancelling the wait leaves the line."""
+        try:
+            await entry._granted.wait()
+        except asyncio.CancelledError:
+            if entry.state is State.WAITING:
+                self.release(entry, "cancelled")
+            raise
+
+    def release(self, entry: QueueEntry, outcome: str, generation_ms: float | None = None) -> None:
+        """The entry is done (completed, cancelled, failed or unused): free its slot or place."""
+        if entry.state is State.DONE:
+            return
+        was = entry.state
+        entry.state = State.DONE
+        if outcome == "completed":
+            self.counters.completed += 1
+            if generation_ms is not None:
+                self._history.append(generation_ms)
+        elif outcome == "cancelled":
+            self.counters.cancelled += 1
+        elif outcome == "failed":
+            self.counters.failed += 1
+        # "unused": a reservation given back because the request needed no generation.
+        if was is State.WAITING:
+            self._waiting.remove(entry)
+        else:
+            self._active.discard(entry)
+        self._fill_slots()
+
+    def configure(self, *, max_concurrent: int, max_queue_size: int, estimated_ms: float) -> None:
+        """Take new limits at run time. Nobody waiting or running is dropped: more slots are
+        granted at once; fewer take effect as running generations finish; a smaller line only
+        turns away newcomers."""
+        self.max_concurrent = max_concurrent
+        self.max_queue_size = max_queue_size
+        self.estimated_ms = estimated_ms
+        self._fill_slots()
+
+    def reset_stats(self) -> None:
+        self.counters = QueueCounters()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _grant(self, entry: QueueEntry) -> None:
+        entry.state = State.ACTIVE
+        entry.granted_at = time.monotonic()
+        entry.position = 0
+        self._active.add(entry)
+        self.counters.granted += 1
+        self.counters.total_wait_ms += entry.wait_ms
+        entry._granted.set()
+        if entry.on_change:
+            entry.on_change()
+
+    def _fill_slots(self) -> None:
+        self._reorder()
+        while self._waiting and len(self._active) < self.max_concurrent:
+            self._grant(self._waiting.pop(0))
+        self._reorder()
+
+    def _reorder(self) -> None:
+        """Sort the line in service order and tell every entry whose position moved."""
+        now = time.monotonic()
+        aged_ms = self.aging_factor * self.avg_generation_ms
+
+        def rank(e: QueueEntry) -> tuple[int, float, int]:
+            prio = e.priority
+            if prio is Priority.BATCH and (now - e.enqueued_at) * 1000 >= aged_ms:
+                prio = Priority.INTERACTIVE
+            return (prio, e.enqueued_at, e.seq)
+
+        self._waiting.sort(key=rank)
+        for pos, entry in enumerate(self._waiting, start=1):
+            if entry.position != pos:
+                entry.position = pos
+                if entry.on_change:
+                    entry.on_change()
+
+    def stats(self) -> dict[str, float | int]:
+        c = self.counters
+        return {
+            "max_concurrent": self.max_concurrent,
+            "active": self.active,
+            "waiting": self.waiting,
+            "max_queue_size": self.max_queue_size,
+            "completed": c.completed,
+            "cancelled": c.cancelled,
+            "failed": c.failed,
+            "rejected": c.rejected,
+            "avg_wait_ms": round(c.total_wait_ms / c.granted, 1) if c.granted else 0.0,
+            "avg_generation_ms": round(sum(self._history) / len(self._history), 1)
+            if self._history
+            else 0.0,
+            "estimated_time_per_request_ms": round(self.avg_generation_ms),
+        }

@@ -1,0 +1,80 @@
+"""What a chat answer looks like to its consumers: events, the stream, and its record."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+
+from server.services.cache import CachedAnswer
+from server.services.generation import Queued
+
+
+@dataclass(frozen=True)
+class Content:
+    """A piece of the answer."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """The end of a successful answer."""
+
+    model: str
+    cached: bool
+    stats: dict[str, int]
+
+
+ChatEvent = Queued | Content | Done
+
+
+class ChatStream:
+    """An answer in progress: async-iterate it for events; `cached` is known before the first."""
+
+    def __init__(
+        self, events: AsyncGenerator[ChatEvent, None], *, hit: CachedAnswer | None = None
+    ) -> None:
+        self._events = events
+        self.hit = hit
+
+    @property
+    def cached(self) -> bool:
+        return self.hit is not None
+
+    def __aiter__(self) -> AsyncGenerator[ChatEvent, None]:
+        return self._events
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+
+@dataclass
+class RequestRecord:
+    """One finished chat request, as the log line and the dashboard's table show it."""
+
+    request_id: str
+    model: str
+    started: float = field(default_factory=time.time)
+    cached: bool = False
+    queue_ms: int = 0
+    ttft_ms: int | None = None
+    total_ms: int = 0
+    tokens: int = 0
+    status: str = "ok"  # ok, or the error code, "cancelled" or "disconnected"
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "queue_ms": self.queue_ms,
+            "ttft_ms": self.ttft_ms if self.ttft_ms is not None else self.total_ms,
+            "total_ms": self.total_ms,
+            "eval_count": self.tokens,
+        }
+
+
+@dataclass
+class Timer:
+    start: float = field(default_factory=time.perf_counter)
+
+    def ms(self) -> int:
+        return round((time.perf_counter() - self.start) * 1000)
