@@ -7,10 +7,11 @@ aiohttp's ClientSession was chosen over httpx.AsyncClient by measurement (bench/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +104,7 @@ class OllamaClient:
         url = f"{self.base_url}/api/chat"
         model = payload.get("model", "")
         self.counters.requests += 1
-        try:
+        with self._errors(count=True):
             async with self.session.post(
                 url, json={**payload, "stream": True}, timeout=self._timeout()
             ) as resp:
@@ -119,18 +120,12 @@ class OllamaClient:
                         return
                     yield chunk
                 raise UpstreamError("Ollama closed the stream before the answer was complete")
-        except GatewayError:
-            self.counters.errors += 1
-            raise
-        except Exception as exc:  # translated here and nowhere else
-            self.counters.errors += 1
-            raise self._translate(exc) from exc
 
     async def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
         """One non-streamed /api/chat call (used for warm-up and load/unload)."""
         url = f"{self.base_url}/api/chat"
         self.counters.requests += 1
-        try:
+        with self._errors(count=True):
             async with self.session.post(
                 url, json={**payload, "stream": False}, timeout=self._timeout()
             ) as resp:
@@ -139,12 +134,6 @@ class OllamaClient:
                 self._mark_reachable()
                 data: dict[str, Any] = await resp.json(content_type=None)
                 return data
-        except GatewayError:
-            self.counters.errors += 1
-            raise
-        except Exception as exc:
-            self.counters.errors += 1
-            raise self._translate(exc) from exc
 
     async def warm_up(self, model: str, keep_alive: str) -> bool:
         """Ask Ollama to load the model (an empty chat request); log and report the outcome."""
@@ -189,7 +178,7 @@ class OllamaClient:
     async def _get_json(self, path: str) -> dict[str, Any]:
         url = f"{self.base_url}{path}"
         timeout = aiohttp.ClientTimeout(total=_META_TIMEOUT_S, connect=self.connect_timeout_s)
-        try:
+        with self._errors(count=False):
             async with self.session.get(url, timeout=timeout) as resp:
                 if resp.status >= 400:
                     raise await self._http_error(resp, "")
@@ -199,10 +188,6 @@ class OllamaClient:
                         f"Ollama at {self.base_url} sent unexpected JSON for {path}"
                     )
                 return data
-        except GatewayError:
-            raise
-        except Exception as exc:
-            raise self._translate(exc) from exc
 
     # -- error translation ------------------------------------------------------------------
 
@@ -230,7 +215,22 @@ class OllamaClient:
             return err
         return UpstreamError(f"Ollama answered HTTP {resp.status}: {message}")
 
+    @contextlib.contextmanager
+    def _errors(self, *, count: bool) -> Iterator[None]:
+        """Every failure inside leaves as a GatewayError (counted, for chat calls)."""
+        try:
+            yield
+        except GatewayError:
+            if count:
+                self.counters.errors += 1
+            raise
+        except Exception as exc:
+            if count:
+                self.counters.errors += 1
+            raise self._translate(exc) from exc
+
     def _translate(self, exc: BaseException) -> GatewayError:
+        """Lower-level errors become the gateway's error tree here and nowhere else."""
         if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.InvalidURL):
             self.reachable = False
             self.last_error = f"Ollama not reachable at {self.base_url}"
