@@ -335,3 +335,17 @@ async def test_more_slots_at_run_time_take_effect_for_waiting_requests(start_ser
         await s.finish()
         assert s.done  # nobody was dropped
     assert (await sim.stats())["max_in_progress"] == 3
+
+
+async def test_waiting_stream_hears_from_the_queue_even_when_nothing_moves(server, monkeypatch):
+    from server.services import generation
+
+    monkeypatch.setattr(generation, "HEARTBEAT_S", 0.1)  # 5 s in production
+    running = Streamer(server, slow("running", tokens=40))
+    await until(lambda: running.frames)
+    waiting = Streamer(server, {"messages": user("waiting")})
+    await until(lambda: len(waiting.queued) >= 4)
+    assert {f["position"] for f in waiting.queued} == {1}
+    await running.finish()
+    await waiting.finish()
+    assert waiting.done
