@@ -535,3 +535,23 @@ def markdown_table() -> str:
             f"| `{key.env_name}` | {key.help} |"
         )
     return "\n".join(rows) + "\n"
+
+
+_HEADER = """\
+# Chatbot Companion — configuration.
+# Every key is listed with its default. Environment variables override this file:
+# CHATBOT_<SECTION>_<KEY> (e.g. CHATBOT_OLLAMA_MODEL), plus PORT, HOST, CACHE_MAX_SIZE_MB, LOG_LEVEL.
+"""
+
+
+def default_toml() -> str:
+    """The default configuration file, with a comment on every key (the shipped config.toml)."""
+    lines = [_HEADER.rstrip("\n")]
+    current = None
+    for key in registry():
+        if key.section != current:
+            current = key.section
+            lines += ["", f"[{current}]"]
+        value = tomlkit.item(key.default).as_string()
+        lines.append(f"{key.name} = {value}  # {key.help}")
+    return "\n".join(lines) + "\n"

@@ -160,3 +160,8 @@ def test_print_config_round_trips():
 
 def test_readme_config_table_is_generated_from_the_registry():
     assert cfg.markdown_table() in (ROOT / "README.md").read_text()
+
+
+def test_shipped_config_toml_is_generated_from_the_registry():
+    # The desktop app writes default_toml() as a user's first config file: the same text.
+    assert (ROOT / "config.toml").read_text() == cfg.default_toml()
