@@ -539,8 +539,9 @@ def markdown_table() -> str:
 
 _HEADER = """\
 # Chatbot Companion — configuration.
-# Every key is listed with its default. Environment variables override this file:
-# CHATBOT_<SECTION>_<KEY> (e.g. CHATBOT_OLLAMA_MODEL), plus PORT, HOST, CACHE_MAX_SIZE_MB, LOG_LEVEL.
+# Every key is listed with its default. Environment variables override this file,
+# CHATBOT_<SECTION>_<KEY> (e.g. CHATBOT_OLLAMA_MODEL), and PORT, HOST, CACHE_MAX_SIZE_MB,
+# LOG_LEVEL.
 """
 
 
