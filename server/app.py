@@ -14,7 +14,7 @@ from aiohttp import web
 from server.errors import GatewayError
 from server.gateway import Gateway
 from server.handlers import chat, queue, stats
-from server.keys import CHAT_INFO, GATEWAY
+from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
 
 log = logging.getLogger("chatbot.http")
 
@@ -31,6 +31,7 @@ def create_app(gateway: Gateway) -> web.Application:
         middlewares=[access_log, json_errors, host_guard, cors_guard],
     )
     app[GATEWAY] = gateway
+    app[ACTIVE_STREAMS] = set()
     app.on_response_prepare.append(_add_cors_headers)
     app.add_routes(chat.routes)
     app.add_routes(stats.routes)

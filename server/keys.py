@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -9,5 +10,7 @@ from aiohttp import web
 from server.gateway import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)
+# Handler tasks of the streams in progress, so a stop or restart can end them with a frame.
+ACTIVE_STREAMS = web.AppKey("active_streams", set[asyncio.Task[Any]])
 # What the chat handler learned about a request (id, model, timings, error), for the access log.
 CHAT_INFO = web.RequestKey("chat_info", dict[str, Any])

@@ -6,6 +6,7 @@ restarts of the HTTP side.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 
@@ -14,6 +15,7 @@ from aiohttp import web
 from server.app import create_app
 from server.config import Config
 from server.gateway import Gateway
+from server.keys import ACTIVE_STREAMS
 
 log = logging.getLogger("chatbot.http")
 
@@ -88,14 +90,45 @@ class ServerHost:
     async def _unbind(self) -> None:
         if self._runner is not None:
             runner, self._runner = self._runner, None
-            await runner.cleanup()
+            for site in list(runner.sites):
+                await site.stop()
+            await self._drain(runner)
+
+    async def _drain(self, runner: web.AppRunner) -> None:
+        """Let streams in flight finish for `drain_seconds`, end the rest with an error frame
+        (their handlers catch the cancellation), then close the old server."""
+        streams = runner.app[ACTIVE_STREAMS]
+        if streams:
+            log.info(
+                "waiting up to %g s for %d stream(s) to finish", self.drain_seconds, len(streams)
+            )
+            _, pending = await asyncio.wait(set(streams), timeout=self.drain_seconds)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.info("ended %d stream(s) that were still running", len(pending))
+                await asyncio.wait(pending, timeout=1.0)
+        await runner.cleanup()
 
     async def restart(self, config: Config | None = None) -> None:
-        """Rebind (e.g. on a new host/port) keeping the gateway, its cache and its queue."""
+        """Rebind (e.g. on a new host/port) keeping the gateway, its cache and its queue.
+
+        The old listener closes first, so the port is free for the new one at once; requests
+        in flight on the old server get `drain_seconds` to finish while the new one already
+        serves, then are stopped (a stream ends with a `server_restarting` error frame).
+        Raises PortInUse if the new address is taken (nothing listens then).
+        """
         if config is not None:
             self.gateway.apply_config(config)
-        await self._unbind()
-        await self._bind()
+        old, self._runner = self._runner, None
+        if old is not None:
+            for site in list(old.sites):
+                await site.stop()
+        try:
+            await self._bind()
+        finally:
+            if old is not None:
+                await self._drain(old)
 
     async def stop(self) -> None:
         await self._unbind()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -13,7 +14,7 @@ from aiohttp import web
 from server.chat_request import ChatRequest, parse_chat_request
 from server.errors import BadRequest, GatewayError
 from server.gateway import Gateway
-from server.keys import CHAT_INFO, GATEWAY
+from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
 from server.services.generation import Queued
 from server.streams import Content
 
@@ -85,6 +86,10 @@ async def _stream(
     resp = web.StreamResponse(
         headers={**SSE_HEADERS, "X-Cache": "HIT" if stream.cached else "MISS"}
     )
+    task = asyncio.current_task()
+    assert task is not None
+    active = request.app[ACTIVE_STREAMS]
+    active.add(task)
     try:
         await resp.prepare(request)
         # aclosing: if the client goes away (write fails or the handler is cancelled), the
@@ -115,6 +120,20 @@ async def _stream(
     except ConnectionResetError:
         info["error"] = "disconnected"
         return resp
+    except asyncio.CancelledError:
+        # The client left (then this write fails quietly), or the server is stopping or
+        # restarting and its drain time ran out: tell the client why its answer ends here.
+        await _final_error(
+            resp,
+            {
+                "error": "the server stopped or restarted before this answer was complete; "
+                "send the request again",
+                "code": "server_restarting",
+                "done": True,
+                "request_id": rid,
+            },
+        )
+        raise
     except GatewayError as exc:
         info["error"] = exc.code
         await _final_error(
@@ -134,6 +153,8 @@ async def _stream(
             },
         )
         return resp
+    finally:
+        active.discard(task)
     with contextlib.suppress(ConnectionResetError):
         await resp.write_eof()
     return resp
