@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install everything the tests need into .venv, then lint and run the whole suite.
-# Usage: scripts/test.sh [pytest args]
+# Install everything the tests need into .venv, then lint and run both suites:
+# tests/server (asyncio) and tests/app (Qt offscreen, on a qasync loop) in separate processes.
+# Usage: scripts/test.sh [pytest args, passed to both]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -8,6 +9,11 @@ bash scripts/bootstrap.sh test
 # The tests run the frontend's own stream-parsing code under Node, and curl as the guide does.
 command -v node >/dev/null || apt_install nodejs
 command -v curl >/dev/null || apt_install curl
+# Qt's offscreen platform needs a few shared libraries a minimal Debian lacks.
+if ! QT_QPA_PLATFORM=offscreen .venv/bin/python -c "import PySide6.QtWidgets" 2>/dev/null; then
+  apt_install libglib2.0-0 libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest tests/server "$@"
+QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest tests/app "$@"

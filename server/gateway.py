@@ -69,6 +69,7 @@ class Gateway:
         self._process = psutil.Process()
         self.started_at = time.time()
         self.recent: deque[RequestRecord] = deque(maxlen=100)
+        self.requests_total = 0  # chat requests answered or failed, for requests per second
         self._tasks: list[asyncio.Task[Any]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -228,6 +229,7 @@ class Gateway:
     def _finish(self, record: RequestRecord, timer: Timer, ticket: Ticket) -> None:
         record.total_ms = record.total_ms or timer.ms()
         self.recent.append(record)
+        self.requests_total += 1
         status = {"ok": "completed", "cancelled": "cancelled", "disconnected": "cancelled"}
         self.tickets.finish(ticket, status.get(record.status, "failed"))
 
@@ -266,6 +268,7 @@ class Gateway:
             req.request_id, req.model, cached=True, ttft_ms=0, tokens=hit.eval_count
         )
         self.recent.append(record)
+        self.requests_total += 1
         ticket = self.tickets.get(req.request_id)
         if ticket is not None:
             self.tickets.finish(ticket, "completed")
@@ -393,6 +396,7 @@ class Gateway:
                 "tokens_generated": c.tokens_generated,
             },
             "memory": {"rss_mb": round(self._process.memory_info().rss / 2**20, 1)},
+            "requests_total": self.requests_total,
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
 

@@ -1,0 +1,172 @@
+"""The desktop app assembled: controller, tray, dashboard, one asyncio stop event, the loop."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import qasync
+from PySide6.QtCore import QStandardPaths, QUrl
+from PySide6.QtGui import QDesktopServices, QGuiApplication
+from PySide6.QtWidgets import QApplication, QSystemTrayIcon
+
+from app.controller import Controller
+from app.dashboard import DashboardWindow
+from app.icons import state_icon
+from app.single_instance import SingleInstance
+from app.tray import Tray
+from server.config import Config, ConfigError, default_toml, effective_env, load
+from server.logs import setup_logging
+
+log = logging.getLogger("chatbot.ui")
+APP_ID = "chatbot-companion"
+
+
+class Companion:
+    """Wires the controller to the tray and the dashboard; `run()` lives until Quit."""
+
+    def __init__(self, controller: Controller, *, tray_available: bool | None = None) -> None:
+        self.controller = controller
+        self.stopping = asyncio.Event()
+        if tray_available is None:
+            tray_available = QSystemTrayIcon.isSystemTrayAvailable()
+        self.dashboard = DashboardWindow()
+        self.dashboard.setWindowIcon(state_icon("serving"))
+        self.tray = Tray() if tray_available else None
+
+        c = controller
+        c.snapshot_ready.connect(self.dashboard.update_snapshot)
+        c.state_changed.connect(self.dashboard.set_state)
+        c.log_line.connect(self.dashboard.append_log)
+        c.notify.connect(self._notify)
+        for line in c.logs.lines:
+            self.dashboard.append_log(line)
+        self.dashboard.flush_requested.connect(c.flush_cache)
+        self.dashboard.restart_requested.connect(c.restart_server)
+        self.dashboard.close_requested.connect(self.quit)
+        if self.tray is not None:
+            c.snapshot_ready.connect(self.tray.update_snapshot)
+            c.state_changed.connect(self.tray.set_state)
+            self.tray.open_dashboard.connect(self.show_dashboard)
+            self.tray.flush_cache.connect(c.flush_cache)
+            self.tray.restart_server.connect(c.restart_server)
+            self.tray.copy_api_url.connect(self.copy_api_url)
+            self.tray.open_config.connect(self.open_config)
+            self.tray.quit.connect(self.quit)
+            self.dashboard.set_close_quits(False)
+            self.tray.show()
+        else:
+            # No system tray (e.g. GNOME without the AppIndicator extension): the dashboard is
+            # the main window, and closing it quits, so the app never runs invisible.
+            self.dashboard.set_close_quits(True)
+            self.dashboard.show()
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.quit)
+
+    def show_dashboard(self) -> None:
+        self.dashboard.showNormal()
+        self.dashboard.raise_()
+        self.dashboard.activateWindow()
+
+    def copy_api_url(self) -> None:
+        QGuiApplication.clipboard().setText(self.controller.api_url)
+
+    def open_config(self) -> None:
+        path = self.controller.config_path
+        if path is None:
+            self._notify("No config file", "Running on built-in defaults and the environment.")
+            return
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+
+    def quit(self) -> None:
+        """Quit, SIGTERM and aboutToQuit all end here: one event the main coroutine awaits."""
+        self.stopping.set()
+
+    def _notify(self, title: str, message: str) -> None:
+        if self.tray is not None:
+            self.tray.show_message(title, message)
+        else:
+            self.dashboard.append_log(f"{title}: {message}")
+
+    async def run(self) -> None:
+        await self.controller.start()
+        await self.stopping.wait()
+        await self.controller.shutdown()
+        if self.tray is not None:
+            self.tray.hide()
+        self.dashboard.hide()
+
+
+def user_config_path() -> Path:
+    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppConfigLocation)
+    return Path(base) / "config.toml"
+
+
+def load_desktop_config(args: argparse.Namespace) -> tuple[Config, Path, list[str]]:
+    """The config of the desktop app: `--config`, $CHATBOT_CONFIG, or the user's own copy,
+    created from the default on first run. A broken file does not stop the app: it runs on
+    defaults, reports the problems, and leaves the file as it is."""
+    env = effective_env()
+    path = Path(args.config or env.get("CHATBOT_CONFIG") or user_config_path())
+    if not path.exists() and not args.config:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(default_toml(), encoding="utf-8")
+        log.info("created %s from the defaults", path)
+    overrides = {}
+    if args.host is not None:
+        overrides[("server", "host")] = args.host
+    if args.port is not None:
+        overrides[("server", "port")] = args.port
+    try:
+        return load(path, env=env, overrides=overrides), path, []
+    except ConfigError as exc:
+        problems = exc.problems
+    for log_problem in problems:
+        log.error("config error: %s", log_problem)
+    try:
+        return load(None, env=env, overrides=overrides), path, problems
+    except ConfigError as exc:
+        return Config(), path, problems + exc.problems
+
+
+def run(args: argparse.Namespace, argv0: str = APP_ID) -> int:
+    app = QApplication.instance() or QApplication([argv0])
+    app.setApplicationName(APP_ID)
+    app.setApplicationDisplayName("Chatbot Companion")
+    app.setQuitOnLastWindowClosed(False)
+    instance = SingleInstance()
+    if not instance.acquire():
+        shown = instance.notify_first()
+        print(
+            "Chatbot Companion is already running"
+            + ("; its dashboard was raised." if shown else "."),
+            file=sys.stderr,
+        )
+        return 0
+    config, path, problems = load_desktop_config(args)
+    setup_logging(config.logging.level)
+    controller = Controller(config, path, config_problems=problems)
+    with asyncio.Runner(loop_factory=lambda: qasync.QEventLoop(app)) as runner:
+        companion = Companion(controller)
+        instance.activated.connect(companion.show_dashboard)
+        _route_signals(runner.get_loop(), companion)
+        runner.run(companion.run())
+    instance.release()
+    return 0
+
+
+def _route_signals(loop: asyncio.AbstractEventLoop, companion: Companion) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, companion.quit)
+        except (NotImplementedError, RuntimeError):
+            # qasync may not support it: a plain handler runs at the next Python callback
+            # (the controller's 1 s timer guarantees there is one).
+            with contextlib.suppress(ValueError):
+                signal.signal(sig, lambda *_: loop.call_soon_threadsafe(companion.quit))

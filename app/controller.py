@@ -1,0 +1,194 @@
+"""The bridge between the gateway and the widgets: state, snapshots, commands, notifications.
+
+It owns the Gateway and the ServerHost (the same lifecycle object the headless CLI uses), reads
+a snapshot once a second (no HTTP to itself, no blocking) and reports through Qt signals; the
+tray and the dashboard only render what it emits and call its commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from server.config import Config
+from server.gateway import Gateway
+from server.lifecycle import PortInUse, ServerHost
+from server.logs import LogBuffer
+
+log = logging.getLogger("chatbot.ui")
+
+# Ollama going away and coming back is told at most this often.
+NOTIFY_EVERY_S = 60.0
+# Requests per second are taken over this many seconds.
+_RATE_WINDOW_S = 5.0
+
+
+class Controller(QObject):
+    snapshot_ready = Signal(dict)
+    state_changed = Signal(str, str)  # state, message
+    notify = Signal(str, str)  # title, message
+    log_line = Signal(str)
+
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None,
+        *,
+        port_override: int | None = None,
+        drain_seconds: float = 10.0,
+        config_problems: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config_path = config_path
+        self.gateway = Gateway(config)
+        self.host = ServerHost(
+            self.gateway, port_override=port_override, drain_seconds=drain_seconds
+        )
+        self.state, self.message = "starting", "Starting…"
+        self.config_problems = config_problems or []
+        self._rates: deque[tuple[float, int]] = deque()
+        self._ollama_up: bool | None = None
+        self._last_notice: dict[str, float] = {}
+        self._busy: asyncio.Task[None] | None = None
+        self.logs = LogBuffer().attach()
+        self.logs.subscribers.append(self.log_line.emit)
+        self._timer = QTimer(self)
+        self._timer.setInterval(1000)
+        self._timer.timeout.connect(self.tick)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._timer.start()
+        try:
+            await self.host.start()
+        except PortInUse as exc:
+            self._failed_port(exc)
+        except OSError as exc:
+            self._set_state("failed", f"The server could not start: {exc.strerror or exc}")
+            self._notify("server_error", "Server failed", self.message)
+        else:
+            self._serving()
+        if self.config_problems:
+            self._notify("config", "Configuration problem", "; ".join(self.config_problems))
+        self.tick()
+
+    async def shutdown(self) -> None:
+        self._timer.stop()
+        if self._busy is not None:
+            await asyncio.gather(self._busy, return_exceptions=True)
+        await self.host.stop()
+        self.logs.detach()
+        self._set_state("stopped", "Stopped")
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def flush_cache(self) -> int:
+        count = self.gateway.flush_cache()
+        self.tick()  # the tiles show it at once, not a second later
+        return count
+
+    def restart_server(self) -> asyncio.Task[None]:
+        """Restart in the background (the menu and the button must not wait for the drain)."""
+        if self._busy is None or self._busy.done():
+            self._busy = asyncio.ensure_future(self._restart())
+        return self._busy
+
+    async def _restart(self) -> None:
+        self._set_state("starting", "Restarting: finishing answers in progress…")
+        try:
+            await self.host.restart()
+        except PortInUse as exc:
+            self._failed_port(exc)
+        except OSError as exc:
+            self._set_state("failed", f"The server could not restart: {exc.strerror or exc}")
+            self._notify("server_error", "Server failed", self.message)
+        else:
+            self._serving()
+        self.tick()
+
+    @property
+    def api_url(self) -> str:
+        port = self.host.port or self.gateway.config.server.port
+        host = self.gateway.config.server.host
+        return f"http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}"
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.gateway.snapshot()
+        now = time.monotonic()
+        self._rates.append((now, snap["requests_total"]))
+        while len(self._rates) > 2 and now - self._rates[0][0] > _RATE_WINDOW_S:
+            self._rates.popleft()
+        t0, n0 = self._rates[0]
+        snap["requests_per_s"] = (
+            round((snap["requests_total"] - n0) / (now - t0), 2) if now > t0 else 0.0
+        )
+        snap["api_url"] = self.api_url
+        snap["state"] = self.state
+        snap["recent"] = [{**dataclasses.asdict(r), "time": r.started} for r in self.gateway.recent]
+        return snap
+
+    def tick(self) -> None:
+        snap = self.snapshot()
+        self._watch_ollama(bool(snap["ollama"]["reachable"]))
+        self.snapshot_ready.emit(snap)
+
+    def _watch_ollama(self, up: bool) -> None:
+        if not self.host.running or self.gateway.ollama.reachable is None:
+            return
+        if up != self._ollama_up:
+            url = self.gateway.ollama.base_url
+            if self._ollama_up is not None or not up:
+                if up:
+                    self._notify("ollama", "Ollama is back", f"Ollama at {url} answers again.")
+                else:
+                    self._notify(
+                        "ollama",
+                        "Ollama unreachable",
+                        f"Ollama at {url} does not answer; chats fail until it is back.",
+                    )
+            self._ollama_up = up
+            self._serving()
+
+    def _serving(self) -> None:
+        if not self.host.running:
+            return
+        if self._ollama_up is False:
+            self._set_state(
+                "ollama_down",
+                f"Serving on {self.api_url}, but Ollama at {self.gateway.ollama.base_url} "
+                "is unreachable",
+            )
+        else:
+            self._set_state("serving", f"Serving on {self.api_url}")
+
+    def _failed_port(self, exc: PortInUse) -> None:
+        where = f"in {self.config_path}" if self.config_path else "in the config file"
+        self._set_state(
+            "failed",
+            f"Port {exc.port} is in use by another program. Change [server].port {where} "
+            f"(tray menu: Open Config) or set PORT={exc.port + 1}, then Restart Server.",
+        )
+        self._notify("port", f"Port {exc.port} is in use", self.message)
+
+    def _set_state(self, state: str, message: str) -> None:
+        if (state, message) != (self.state, self.message):
+            self.state, self.message = state, message
+            log.info("state: %s (%s)", state, message)
+            self.state_changed.emit(state, message)
+
+    def _notify(self, kind: str, title: str, message: str) -> None:
+        now = time.monotonic()
+        if kind == "ollama" and now - self._last_notice.get(kind, -NOTIFY_EVERY_S) < NOTIFY_EVERY_S:
+            return
+        self._last_notice[kind] = now
+        self.notify.emit(title, message)

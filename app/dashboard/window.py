@@ -1,0 +1,321 @@
+"""The dashboard window: lays out the banner, tiles, charts, request table and log tail, and
+renders the once-a-second snapshot into them. It never calls services; it emits signals."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from PySide6.QtCore import QEvent, Qt, Signal
+from PySide6.QtGui import QCloseEvent, QFont, QPalette
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.dashboard import formatting as fmt
+from app.dashboard.banner import StateBanner
+from app.dashboard.colors import BAD, GOOD
+from app.dashboard.log_tail import LogTail
+from app.dashboard.requests_model import COLUMNS, RequestsModel
+from app.dashboard.sparkline import Sparkline
+from app.dashboard.tiles import Tile
+
+log = logging.getLogger("chatbot.ui")
+
+TILES: dict[str, tuple[str, str]] = {
+    "hit_rate": ("Hit rate", "Share of cache lookups answered from RAM since the server started"),
+    "cache": ("Cache", "Cached responses and their size against the configured maximum"),
+    "queue": ("Queue", "Requests waiting for a generation slot, and slots in use"),
+    "memory": ("Memory", "Resident memory (RSS) of this process: server and dashboard"),
+    "requests": ("Requests", "Chat requests per second over the last few seconds"),
+    "ollama": ("Ollama", "Whether Ollama answers, the configured model and its latency"),
+}
+FLUSHABLE_STATES = frozenset({"serving", "ollama_down"})
+
+
+def _section(title: str, body: QWidget) -> QWidget:
+    """A small muted caption above a widget."""
+    caption = QLabel(title.upper())
+    font = QFont(caption.font())
+    font.setPointSizeF(max(7.0, font.pointSizeF() * 0.85))
+    font.setWeight(QFont.Weight.DemiBold)
+    caption.setFont(font)
+    caption.setForegroundRole(QPalette.ColorRole.PlaceholderText)
+    box = QWidget()
+    layout = QVBoxLayout(box)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.setSpacing(4)
+    layout.addWidget(caption)
+    layout.addWidget(body, 1)
+    return box
+
+
+class DashboardWindow(QMainWindow):
+    flush_requested = Signal()
+    restart_requested = Signal()
+    close_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Chatbot Companion")
+        self.setMinimumSize(880, 600)
+        self.resize(1000, 720)
+        self._close_quits = False
+        self._cache_summary = ""
+        self.confirm_dialog: QMessageBox | None = None
+
+        self.banner = StateBanner()
+        self.flush_button = QPushButton("Flush Cache")
+        self.flush_button.setToolTip("Drop every cached response (asks first)")
+        self.restart_button = QPushButton("Restart Server")
+        self.restart_button.setToolTip("Stop the gateway, reload the configuration and start it")
+        self.flush_button.clicked.connect(self._ask_flush)
+        self.restart_button.clicked.connect(self._on_restart)
+
+        self.tiles: dict[str, Tile] = {key: Tile(*spec) for key, spec in TILES.items()}
+        self.charts: dict[str, Sparkline] = {
+            "hit_rate": Sparkline("Hit rate", fmt.percent, fixed_range=(0.0, 1.0)),
+            "queue": Sparkline("Queue depth", lambda v: f"{v:,.0f}", floor=0.0, min_span=4.0),
+            "memory": Sparkline("Memory", lambda v: f"{fmt.megabytes(v)} MB", min_span=16.0),
+        }
+        self.requests_model = RequestsModel()
+        self.requests_model.set_palette(self.palette())
+        self.requests_table = self._make_table()
+        self.log_tail = LogTail()
+        self.status_label = QLabel()
+        self.status_label.setContentsMargins(8, 0, 0, 0)
+
+        self._build_layout()
+        self.set_state("starting", "Starting the server…")
+
+    # -- construction -----------------------------------------------------------------------
+
+    def _make_table(self) -> QTableView:
+        table = QTableView()
+        table.setModel(self.requests_model)
+        table.setAlternatingRowColors(True)
+        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        table.setShowGrid(False)
+        table.setWordWrap(False)
+        table.verticalHeader().setVisible(False)
+        table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 6)
+        header = table.horizontalHeader()
+        header.setHighlightSections(False)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        # Model names vary most in length: that column takes the spare width. Other widths come
+        # from the font rather than ResizeToContents, which would re-measure every cell on each
+        # update.
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(COLUMNS.index("Model"), QHeaderView.ResizeMode.Stretch)
+        metrics = table.fontMetrics()
+        samples = ["00:00:00", "", "Cached", "Queue (ms)", "TTFT (ms)", "Total (ms)", "Tokens"]
+        for col, sample in enumerate([*samples, "ollama_unavailable"]):
+            if sample:
+                header.resizeSection(col, metrics.horizontalAdvance(sample) + 28)
+        return table
+
+    def _build_layout(self) -> None:
+        top = QHBoxLayout()
+        top.setSpacing(8)
+        top.addWidget(self.banner, 1)
+        top.addWidget(self.flush_button, 0, Qt.AlignmentFlag.AlignVCenter)
+        top.addWidget(self.restart_button, 0, Qt.AlignmentFlag.AlignVCenter)
+
+        tiles = QHBoxLayout()
+        tiles.setSpacing(8)
+        for tile in self.tiles.values():
+            tiles.addWidget(tile)
+
+        charts = QHBoxLayout()
+        charts.setSpacing(8)
+        for chart in self.charts.values():
+            chart.setMaximumHeight(160)
+            charts.addWidget(chart)
+
+        splitter = QSplitter(Qt.Orientation.Vertical)
+        splitter.setChildrenCollapsible(False)
+        splitter.addWidget(_section("Recent requests", self.requests_table))
+        splitter.addWidget(_section("Log", self.log_tail))
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+
+        central = QWidget()
+        layout = QVBoxLayout(central)
+        layout.setContentsMargins(12, 12, 12, 6)
+        layout.setSpacing(10)
+        layout.addLayout(top)
+        layout.addLayout(tiles)
+        layout.addLayout(charts, 1)
+        layout.addWidget(splitter, 4)
+        self.setCentralWidget(central)
+        self.statusBar().addWidget(self.status_label, 1)
+        self.statusBar().setSizeGripEnabled(False)
+
+    # -- public interface -------------------------------------------------------------------
+
+    def update_snapshot(self, snap: Mapping[str, Any]) -> None:
+        """Render one stats snapshot. Cheap: label texts, three deque appends, new table rows."""
+        cache = snap.get("response_cache") or {}
+        queue = snap.get("queue") or {}
+        ollama = snap.get("ollama") or {}
+        rss = float((snap.get("memory") or {}).get("rss_mb", 0.0))
+        hit_rate = float(cache.get("hit_rate", 0.0))
+        waiting, active = int(queue.get("waiting", 0)), int(queue.get("active", 0))
+
+        self.tiles["hit_rate"].set_values(
+            fmt.percent(hit_rate),
+            f"{cache.get('hits', 0):,} hits · {cache.get('misses', 0):,} misses",
+        )
+        size_mb = float(cache.get("size_bytes", 0)) / 2**20
+        if cache.get("enabled", True):
+            entries = int(cache.get("entries", 0))
+            max_mb = cache.get("max_size_mb", 0)
+            self.tiles["cache"].set_values(
+                fmt.count(entries, "entry", "entries"), f"{fmt.megabytes(size_mb)} of {max_mb} MB"
+            )
+            self._cache_summary = (
+                f"{fmt.count(entries, 'cached response')} ({fmt.megabytes(size_mb)} MB)"
+            )
+        else:
+            self.tiles["cache"].set_values("off", "response cache disabled")
+            self._cache_summary = ""
+        self.tiles["queue"].set_values(
+            f"{waiting:,} waiting", f"{active} active of {queue.get('max_concurrent', 0)}"
+        )
+        self.tiles["memory"].set_values(f"{rss:,.0f} MB RSS", "this process")
+        self.tiles["requests"].set_values(
+            fmt.per_second(float(snap.get("requests_per_s", 0.0))),
+            f"{queue.get('completed', 0):,} done · {queue.get('failed', 0):,} failed",
+        )
+        self._render_ollama(ollama)
+
+        self.charts["hit_rate"].add(hit_rate)
+        self.charts["queue"].add(waiting + active)
+        self.charts["memory"].add(rss)
+        self._render_recent(snap.get("recent") or [])
+        self._render_status(snap, queue, ollama)
+
+    def set_state(self, state: str, message: str) -> None:
+        self.banner.set_state(state, message)
+        self.flush_button.setEnabled(state in FLUSHABLE_STATES)
+        self.restart_button.setEnabled(state != "starting")
+
+    def append_log(self, line: str) -> None:
+        self.log_tail.append_line(line)
+
+    def set_close_quits(self, quits: bool) -> None:
+        self._close_quits = quits
+
+    # -- rendering helpers ------------------------------------------------------------------
+
+    def _render_ollama(self, ollama: Mapping[str, Any]) -> None:
+        model = str(ollama.get("model") or "no model")
+        if ollama.get("reachable"):
+            latency = ollama.get("latency_ms")
+            sub = f"{model} · {fmt.millis(latency)} ms" if latency is not None else model
+            self.tiles["ollama"].set_values("reachable", sub, GOOD)
+        else:
+            url = str(ollama.get("url", "")).removeprefix("http://").removeprefix("https://")
+            self.tiles["ollama"].set_values(
+                "unreachable", f"{model} · {url}" if url else model, BAD
+            )
+
+    def _render_recent(self, recent: list[Mapping[str, Any]]) -> None:
+        bar = self.requests_table.verticalScrollBar()
+        scrolled = bar.value()
+        inserted = self.requests_model.update(recent)
+        # A user reading older rows keeps them in view while new ones arrive above.
+        if inserted > 0 and scrolled > 0:
+            # The scroll range grows in a deferred layout; grow it now so setValue isn't clamped.
+            self.requests_table.updateGeometries()
+            bar.setValue(scrolled + inserted)
+
+    def _render_status(
+        self, snap: Mapping[str, Any], queue: Mapping[str, Any], ollama: Mapping[str, Any]
+    ) -> None:
+        parts = [f"Up {fmt.duration(float(snap.get('uptime_seconds', 0.0)))}"]
+        if snap.get("api_url"):
+            parts.append(f"API {snap['api_url']}")
+        parts.append(
+            f"avg wait {fmt.millis(queue.get('avg_wait_ms', 0.0))} ms, "
+            f"generation {fmt.millis(queue.get('avg_generation_ms', 0.0))} ms"
+        )
+        parts.append(
+            f"{queue.get('rejected', 0):,} rejected, {queue.get('cancelled', 0):,} cancelled"
+        )
+        if ollama.get("version"):
+            parts.append(f"Ollama {ollama['version']}")
+        text = "  ·  ".join(parts)
+        if self.status_label.text() != text:
+            self.status_label.setText(text)
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def _on_restart(self) -> None:
+        log.info("restart requested from the dashboard")
+        self.restart_requested.emit()
+
+    def _ask_flush(self) -> None:
+        if self.confirm_dialog is not None:
+            self.confirm_dialog.raise_()
+            self.confirm_dialog.activateWindow()
+            return
+        buttons = QMessageBox.StandardButton.Ok | QMessageBox.StandardButton.Cancel
+        box = QMessageBox(
+            QMessageBox.Icon.Question, "Flush cache", "Flush the response cache?", buttons, self
+        )
+        what = self._cache_summary or "every cached response"
+        box.setInformativeText(f"This drops {what}. Hit and miss counters are kept.")
+        box.button(QMessageBox.StandardButton.Ok).setText("Flush Cache")
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.setEscapeButton(QMessageBox.StandardButton.Cancel)
+        box.finished.connect(self._on_flush_answer)
+        self.confirm_dialog = box
+        # open(), never exec(): a nested loop would stall the server sharing this event loop.
+        box.open()
+
+    def _on_flush_answer(self, result: int) -> None:
+        box, self.confirm_dialog = self.confirm_dialog, None
+        if box is None:
+            return
+        clicked = box.clickedButton()
+        if clicked is not None:
+            confirmed = box.standardButton(clicked) == QMessageBox.StandardButton.Ok
+        else:  # closed programmatically: accept() / reject()
+            confirmed = result == QDialog.DialogCode.Accepted
+        box.deleteLater()
+        if confirmed:
+            log.info("cache flush confirmed from the dashboard")
+            self.flush_requested.emit()
+
+    # -- events -----------------------------------------------------------------------------
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.confirm_dialog is not None:
+            self.confirm_dialog.reject()
+        if self._close_quits:
+            event.accept()
+            self.close_requested.emit()
+        else:
+            # Ignore and hide, so Qt never sees a "last window closed" while the tray lives on.
+            event.ignore()
+            self.hide()
+
+    def changeEvent(self, event: QEvent) -> None:
+        if event.type() == QEvent.Type.PaletteChange:
+            self.requests_model.set_palette(self.palette())
+        super().changeEvent(event)

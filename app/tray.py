@@ -1,0 +1,98 @@
+"""The tray icon: state drawn in the icon, live figures in the tooltip, and the menu."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+from PySide6.QtGui import QAction
+from PySide6.QtWidgets import QMenu, QSystemTrayIcon
+
+from app import autostart
+from app.icons import state_icon
+
+TITLE = "Chatbot Companion"
+
+
+def tooltip_text(snap: dict[str, Any]) -> str:
+    """`Chatbot Companion · hit 73% · queue 2 · 84 MB`"""
+    hit = round(100 * snap["response_cache"]["hit_rate"])
+    queue = snap["queue"]["waiting"] + snap["queue"]["active"]
+    rss = round(snap["memory"]["rss_mb"])
+    return f"{TITLE} · hit {hit}% · queue {queue} · {rss} MB"
+
+
+class Tray(QObject):
+    open_dashboard = Signal()
+    flush_cache = Signal()
+    restart_server = Signal()
+    copy_api_url = Signal()
+    open_config = Signal()
+    quit = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.icon = QSystemTrayIcon(state_icon("starting"), self)
+        self.icon.setToolTip(TITLE)
+        self.menu = QMenu()
+        self.actions: dict[str, QAction] = {}
+        self._state_action = self.menu.addAction("Starting…")
+        self._state_action.setEnabled(False)
+        self.menu.addSeparator()
+        for key, text, signal in (
+            ("dashboard", "Open Dashboard", self.open_dashboard),
+            ("flush", "Flush Cache", self.flush_cache),
+            ("restart", "Restart Server", self.restart_server),
+            ("copy_url", "Copy API URL", self.copy_api_url),
+            ("config", "Open Config", self.open_config),
+        ):
+            action = self.menu.addAction(text)
+            action.triggered.connect(signal.emit)
+            self.actions[key] = action
+        self.menu.addSeparator()
+        login = self.menu.addAction("Start at Login")
+        login.setCheckable(True)
+        login.setChecked(autostart.is_enabled())
+        login.toggled.connect(autostart.set_enabled)
+        self.actions["login"] = login
+        self.menu.addSeparator()
+        quit_action = self.menu.addAction("Quit")
+        quit_action.triggered.connect(self.quit.emit)
+        self.actions["quit"] = quit_action
+        self.icon.setContextMenu(self.menu)
+        self.icon.activated.connect(self._on_activated)
+        self.state = "starting"
+
+    def show(self) -> None:
+        self.icon.show()
+
+    def hide(self) -> None:
+        self.icon.hide()
+
+    def set_state(self, state: str, message: str) -> None:
+        self.state = state
+        self.icon.setIcon(state_icon(state))
+        self._state_action.setText(_short(message))
+
+    def update_snapshot(self, snap: dict[str, Any]) -> None:
+        self.icon.setToolTip(tooltip_text(snap))
+
+    def show_message(self, title: str, message: str) -> None:
+        critical = self.state == "failed"
+        kind = (
+            QSystemTrayIcon.MessageIcon.Critical
+            if critical
+            else QSystemTrayIcon.MessageIcon.Information
+        )
+        self.icon.showMessage(title, message, kind, 8000)
+
+    def _on_activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
+        if reason in (
+            QSystemTrayIcon.ActivationReason.Trigger,
+            QSystemTrayIcon.ActivationReason.DoubleClick,
+        ):
+            self.open_dashboard.emit()
+
+
+def _short(message: str, limit: int = 60) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"

@@ -1,0 +1,93 @@
+"""GUI test fixtures: one session-wide qasync loop on pytest-qt's QApplication, a simulator and
+the companion app on it, real sockets throughout."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import asyncio
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any
+
+import pytest
+import qasync
+
+from app.companion import Companion
+from app.controller import Controller
+from server import simulator
+from tests.conftest import make_config
+
+
+@pytest.fixture(scope="session")
+def qloop(qapp) -> Iterator[asyncio.AbstractEventLoop]:
+    # already_running: the loop runs whenever Qt processes events (qtbot.waitUntil & co.).
+    # Never stop() it in a test: that would quit the QApplication for every later test.
+    loop = qasync.QEventLoop(qapp, already_running=True)
+    asyncio.set_event_loop(loop)
+    yield loop
+
+
+@pytest.fixture
+def run(qtbot, qloop) -> Callable[..., Any]:
+    """Run a coroutine on the shared loop while Qt keeps processing events."""
+
+    def _run(coro: Coroutine[Any, Any, Any], timeout: int = 15_000) -> Any:
+        task = qloop.create_task(coro)
+        qtbot.waitUntil(task.done, timeout=timeout)
+        return task.result()
+
+    return _run
+
+
+@pytest.fixture
+def sim_url(run) -> Iterator[str]:
+    settings = simulator.SimulatorSettings(tokens=12, token_delay_ms=2, first_token_delay_ms=2)
+    runner, port = run(simulator.start(settings))
+    yield f"http://127.0.0.1:{port}"
+    run(runner.cleanup())
+
+
+class App:
+    """A running companion and what tests need to reach it."""
+
+    def __init__(self, companion: Companion, task: asyncio.Task[None]) -> None:
+        self.companion = companion
+        self.task = task
+
+    @property
+    def controller(self) -> Controller:
+        return self.companion.controller
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.controller.host.port}"
+
+
+@pytest.fixture
+def start_app(qtbot, qloop, sim_url, tmp_path) -> Iterator[Callable[..., App]]:
+    apps: list[App] = []
+
+    def start(*, tray: bool = False, port: int = 0, **overrides: Any) -> App:
+        overrides.setdefault("ollama__api_url", sim_url)
+        overrides.setdefault("ollama__warm_up", False)
+        overrides.setdefault("ollama__probe_interval_seconds", 1)
+        path = tmp_path / "config.toml"
+        controller = Controller(make_config(**overrides), path, port_override=port, drain_seconds=1)
+        companion = Companion(controller, tray_available=tray)
+        task = qloop.create_task(companion.run())
+        app = App(companion, task)
+        apps.append(app)
+        qtbot.waitUntil(
+            lambda: controller.state in ("serving", "failed", "ollama_down"), timeout=10_000
+        )
+        return app
+
+    yield start
+    for app in apps:
+        app.companion.quit()
+        qtbot.waitUntil(app.task.done, timeout=15_000)
+        app.task.result()  # re-raises anything that went wrong during shutdown
+        app.companion.dashboard.close()
+        app.companion.dashboard.deleteLater()

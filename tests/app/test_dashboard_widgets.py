@@ -1,0 +1,452 @@
+"""The dashboard window fed synthetic snapshots: tiles, charts, table, log, buttons, close."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import time
+from typing import Any
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QMessageBox
+from pytestqt.qtbot import QtBot
+
+from app.dashboard import DashboardWindow
+from app.dashboard import formatting as fmt
+
+pytestmark = [
+    # Qt warnings (bad fonts, layout loops, wrong signals) fail the test; the offscreen plugin's
+    # notes about what it cannot do (raise(), size hints) are expected.
+    pytest.mark.qt_log_level_fail("WARNING"),
+    pytest.mark.qt_log_ignore("This plugin does not support"),
+]
+
+T0 = 1_700_000_000.0
+
+
+def record(i: int, **over: Any) -> dict[str, Any]:
+    rec = {
+        "time": T0 + i,
+        "request_id": f"req-{i}",
+        "model": "llama3.2",
+        "cached": i % 2 == 0,
+        "queue_ms": 10 * i,
+        "ttft_ms": 100 + i,
+        "total_ms": 1000 + i,
+        "tokens": 50 + i,
+        "status": "ok",
+    }
+    return {**rec, **over}
+
+
+def snapshot(**over: Any) -> dict[str, Any]:
+    snap: dict[str, Any] = {
+        "response_cache": {
+            "enabled": True,
+            "entries": 12,
+            "size_bytes": 40_000,
+            "max_size_mb": 256,
+            "ttl_seconds": 3600,
+            "hits": 30,
+            "misses": 12,
+            "hit_rate": 0.7143,
+            "evictions": 0,
+            "expirations": 0,
+        },
+        "queue": {
+            "max_concurrent": 1,
+            "active": 1,
+            "waiting": 2,
+            "max_queue_size": 100,
+            "completed": 40,
+            "cancelled": 1,
+            "failed": 0,
+            "rejected": 0,
+            "avg_wait_ms": 12.5,
+            "avg_generation_ms": 840.0,
+            "estimated_time_per_request_ms": 840,
+        },
+        "batch": {
+            "enabled": True,
+            "coalesced": 0,
+            "in_flight": 0,
+            "batches": 0,
+            "batched_items": 0,
+            "pending": 0,
+            "max_batch_size": 8,
+            "batch_timeout_ms": 50,
+        },
+        "ollama": {
+            "url": "http://127.0.0.1:11434",
+            "model": "llama3.2",
+            "reachable": True,
+            "version": "0.5.7",
+            "latency_ms": 1.2,
+            "requests": 42,
+            "errors": 0,
+            "tokens_generated": 4000,
+        },
+        "memory": {"rss_mb": 84.2},
+        "uptime_seconds": 125.0,
+        "requests_per_s": 0.5,
+        "api_url": "http://127.0.0.1:8080",
+        "recent": [],
+    }
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(snap.get(key), dict):
+            snap[key] = {**snap[key], **value}
+        else:
+            snap[key] = value
+    return snap
+
+
+@pytest.fixture
+def window(qtbot: QtBot) -> DashboardWindow:
+    w = DashboardWindow()
+    qtbot.addWidget(w)
+    return w
+
+
+def table_rows(w: DashboardWindow) -> list[list[str]]:
+    model = w.requests_table.model()
+    return [
+        [model.index(r, c).data() for c in range(model.columnCount())]
+        for r in range(model.rowCount())
+    ]
+
+
+# -- tiles ------------------------------------------------------------------------------------
+
+
+def test_tiles_show_the_snapshot(window: DashboardWindow) -> None:
+    window.update_snapshot(snapshot())
+    t = window.tiles
+    assert set(t) == {"hit_rate", "cache", "queue", "memory", "requests", "ollama"}
+    assert t["hit_rate"].value_text() == "71 %"
+    assert t["hit_rate"].sub_text() == "30 hits · 12 misses"
+    assert t["cache"].value_text() == "12 entries"
+    assert t["cache"].sub_text() == "0.04 of 256 MB"
+    assert t["queue"].value_text() == "2 waiting"
+    assert t["queue"].sub_text() == "1 active of 1"
+    assert t["memory"].value_text() == "84 MB RSS"
+    assert t["requests"].value_text() == "0.5 /s"
+    assert t["ollama"].value_text() == "reachable"
+    assert t["ollama"].sub_text() == "llama3.2 · 1.2 ms"
+
+
+def test_tiles_follow_changes(window: DashboardWindow) -> None:
+    window.update_snapshot(snapshot())
+    window.update_snapshot(
+        snapshot(
+            response_cache={"entries": 1, "hit_rate": 0.0, "hits": 0, "misses": 1},
+            queue={"waiting": 0, "active": 0, "max_concurrent": 2},
+            ollama={"reachable": False, "latency_ms": None},
+            memory={"rss_mb": 1234.0},
+        )
+    )
+    t = window.tiles
+    assert t["hit_rate"].value_text() == "0 %"
+    assert t["cache"].value_text() == "1 entry"
+    assert (t["queue"].value_text(), t["queue"].sub_text()) == ("0 waiting", "0 active of 2")
+    assert t["memory"].value_text() == "1,234 MB RSS"
+    assert t["ollama"].value_text() == "unreachable"
+    assert t["ollama"].sub_text() == "llama3.2 · 127.0.0.1:11434"
+
+
+def test_disabled_cache_and_a_sparse_snapshot(window: DashboardWindow) -> None:
+    window.update_snapshot(snapshot(response_cache={"enabled": False}))
+    assert window.tiles["cache"].value_text() == "off"
+    # A stopped server may hand over next to nothing: show zeros rather than crash.
+    window.update_snapshot({})
+    assert window.tiles["queue"].value_text() == "0 waiting"
+    assert window.tiles["ollama"].value_text() == "unreachable"
+
+
+def test_a_long_value_shrinks_and_elides_but_reads_in_full(
+    qtbot: QtBot, window: DashboardWindow
+) -> None:
+    window.show()
+    qtbot.waitExposed(window)
+    window.update_snapshot(snapshot(ollama={"model": "qwen2.5-coder:32b-instruct-q4_K_M"}))
+    tile = window.tiles["ollama"]
+    assert tile.sub_text() == "qwen2.5-coder:32b-instruct-q4_K_M · 1.2 ms"
+    assert "qwen2.5-coder:32b-instruct-q4_K_M" in tile.toolTip()
+
+
+# -- charts -----------------------------------------------------------------------------------
+
+
+def test_charts_accumulate_samples(window: DashboardWindow) -> None:
+    for i in range(3):
+        window.update_snapshot(
+            snapshot(
+                response_cache={"hit_rate": i / 10},
+                queue={"waiting": i, "active": 1},
+                memory={"rss_mb": 80.0 + i},
+            )
+        )
+    assert set(window.charts) == {"hit_rate", "queue", "memory"}
+    assert window.charts["hit_rate"].values() == [0.0, 0.1, 0.2]
+    assert window.charts["queue"].values() == [1, 2, 3]
+    assert window.charts["memory"].values() == [80.0, 81.0, 82.0]
+    assert window.charts["memory"].current_text() == "82.0 MB"
+    assert window.charts["memory"].range_text() == "min 80.0 MB · max 82.0 MB"
+
+
+def test_charts_keep_five_minutes(window: DashboardWindow) -> None:
+    for i in range(350):
+        window.update_snapshot(snapshot(memory={"rss_mb": float(i)}))
+    values = window.charts["memory"].values()
+    assert len(values) == 300
+    assert values[0] == 50.0 and values[-1] == 349.0
+
+
+# -- requests table ---------------------------------------------------------------------------
+
+
+def test_table_shows_recent_requests_newest_first(window: DashboardWindow) -> None:
+    recent = [
+        record(1),
+        record(2, cached=True, queue_ms=0, ttft_ms=None, total_ms=3, tokens=1234),
+        record(3, status="ollama_unavailable", model="qwen2.5"),
+    ]
+    window.update_snapshot(snapshot(recent=recent))
+    rows = table_rows(window)
+    model = window.requests_table.model()
+    headers = [model.headerData(c, Qt.Orientation.Horizontal) for c in range(model.columnCount())]
+    assert headers == [
+        "Time", "Model", "Cached", "Queue (ms)", "TTFT (ms)", "Total (ms)", "Tokens", "Status"
+    ]  # fmt: skip
+    assert [r[-1] for r in rows] == ["ollama_unavailable", "ok", "ok"]
+    assert rows[0][:2] == [time.strftime("%H:%M:%S", time.localtime(T0 + 3)), "qwen2.5"]
+    assert rows[1][2:] == ["yes", "0", "—", "3", "1,234", "ok"]
+    assert rows[2][2:] == ["no", "10", "101", "1,001", "51", "ok"]
+
+
+def test_table_inserts_new_rows_and_keeps_the_selection(window: DashboardWindow) -> None:
+    recent = [record(i) for i in range(5)]
+    window.update_snapshot(snapshot(recent=recent))
+    table = window.requests_table
+    table.selectRow(2)  # req-2
+    resets: list[bool] = []
+    table.model().modelReset.connect(lambda: resets.append(True))
+    window.update_snapshot(snapshot(recent=[*recent, record(5), record(6)]))
+    assert table.model().rowCount() == 7
+    selected = table.selectionModel().selectedRows()
+    assert [table.model().index(i.row(), 0).data() for i in selected] == [
+        time.strftime("%H:%M:%S", time.localtime(T0 + 2))
+    ]
+    assert resets == []
+
+
+def test_table_keeps_at_most_100_rows(window: DashboardWindow) -> None:
+    recent: list[dict[str, Any]] = []
+    for i in range(150):
+        recent = [*recent, record(i)][-100:]
+        window.update_snapshot(snapshot(recent=recent))
+    rows = table_rows(window)
+    assert len(rows) == 100
+    assert rows[0][-2] == "199" and rows[-1][-2] == "100"  # tokens = 50 + i: i 149 .. 50
+
+
+def test_table_starts_over_when_the_history_does(window: DashboardWindow) -> None:
+    window.update_snapshot(snapshot(recent=[record(i) for i in range(10)]))
+    # A restarted server begins a fresh history that does not continue the rows shown.
+    window.update_snapshot(snapshot(recent=[record(100, model="fresh")]))
+    assert [r[1] for r in table_rows(window)] == ["fresh"]
+    window.update_snapshot(snapshot(recent=[]))
+    assert table_rows(window) == []
+
+
+def test_a_reader_scrolled_down_keeps_their_rows_in_view(
+    qtbot: QtBot, window: DashboardWindow
+) -> None:
+    window.show()
+    qtbot.waitExposed(window)
+    recent = [record(i) for i in range(60)]
+    window.update_snapshot(snapshot(recent=recent))
+    table = window.requests_table
+    bar = table.verticalScrollBar()
+    qtbot.waitUntil(lambda: bar.maximum() > 10)
+
+    def top_row_tokens() -> str:
+        return str(table.model().index(table.rowAt(0), 6).data())
+
+    for value in (10, bar.maximum()):  # somewhere in the middle, then at the very bottom
+        bar.setValue(value)
+        before = top_row_tokens()
+        recent = [*recent, record(len(recent)), record(len(recent) + 1)]
+        window.update_snapshot(snapshot(recent=recent))
+        assert top_row_tokens() == before
+    # At the top the table follows the newest requests.
+    bar.setValue(0)
+    window.update_snapshot(snapshot(recent=[*recent, record(len(recent))]))
+    assert bar.value() == 0
+    assert top_row_tokens() == str(50 + len(recent))
+
+
+# -- log tail ---------------------------------------------------------------------------------
+
+
+def test_log_tail_appends_and_is_bounded(window: DashboardWindow) -> None:
+    window.append_log("12:00:00 INFO    chatbot.http: serving")
+    window.append_log("12:00:01 WARNING chatbot.queue: almost full")
+    assert window.log_tail.toPlainText().splitlines() == [
+        "12:00:00 INFO    chatbot.http: serving",
+        "12:00:01 WARNING chatbot.queue: almost full",
+    ]
+    assert window.log_tail.isReadOnly()
+    for i in range(window.log_tail.maximumBlockCount() + 50):
+        window.append_log(f"line {i}")
+    assert window.log_tail.line_count() == window.log_tail.maximumBlockCount()
+    assert window.log_tail.toPlainText().splitlines()[-1] == f"line {i}"
+
+
+# -- buttons ----------------------------------------------------------------------------------
+
+
+def test_flush_asks_first_and_emits_only_when_confirmed(
+    qtbot: QtBot, window: DashboardWindow
+) -> None:
+    window.set_state("serving", "Serving on http://127.0.0.1:8080")
+    window.show()
+    with qtbot.assertNotEmitted(window.flush_requested):
+        window.flush_button.click()
+        # click() returned while the dialog is up: it was open()ed, no nested exec() loop.
+        dialog = window.confirm_dialog
+        assert isinstance(dialog, QMessageBox)
+        assert dialog.isVisible()
+    with qtbot.waitSignal(window.flush_requested, timeout=1000):
+        dialog.button(QMessageBox.StandardButton.Ok).click()
+    assert window.confirm_dialog is None
+
+
+def test_flush_cancelled_emits_nothing(qtbot: QtBot, window: DashboardWindow) -> None:
+    window.set_state("serving", "")
+    window.show()
+    with qtbot.assertNotEmitted(window.flush_requested, wait=50):
+        window.flush_button.click()
+        assert window.confirm_dialog is not None
+        window.confirm_dialog.button(QMessageBox.StandardButton.Cancel).click()
+    assert window.confirm_dialog is None
+    with qtbot.assertNotEmitted(window.flush_requested, wait=50):
+        window.flush_button.click()
+        assert window.confirm_dialog is not None
+        window.confirm_dialog.reject()
+    assert window.confirm_dialog is None
+
+
+def test_flush_dialog_accept_confirms(qtbot: QtBot, window: DashboardWindow) -> None:
+    window.set_state("serving", "")
+    window.flush_button.click()
+    assert window.confirm_dialog is not None
+    with qtbot.waitSignal(window.flush_requested, timeout=1000):
+        window.confirm_dialog.accept()
+
+
+def test_second_flush_click_reuses_the_open_dialog(window: DashboardWindow) -> None:
+    window.set_state("serving", "")
+    window.flush_button.click()
+    first = window.confirm_dialog
+    window.flush_button.click()
+    assert window.confirm_dialog is first
+
+
+def test_restart_emits_without_asking(qtbot: QtBot, window: DashboardWindow) -> None:
+    window.set_state("failed", "Port 8080 is in use")
+    with qtbot.waitSignal(window.restart_requested, timeout=1000):
+        window.restart_button.click()
+    assert window.confirm_dialog is None
+
+
+# -- state banner -----------------------------------------------------------------------------
+
+
+def test_set_state_updates_the_banner_and_buttons(window: DashboardWindow) -> None:
+    message = (
+        "Port 8080 is in use by another program — change [server].port in /tmp/config.toml "
+        "or set PORT, then Restart Server"
+    )
+    window.set_state("failed", message)
+    assert window.banner.state() == "failed"
+    assert window.banner.text() == message
+    assert not window.flush_button.isEnabled()
+    assert window.restart_button.isEnabled()
+    window.set_state("serving", "Serving on http://127.0.0.1:8080")
+    assert window.banner.text() == "Serving on http://127.0.0.1:8080"
+    assert window.flush_button.isEnabled()
+    window.set_state("starting", "Starting…")
+    assert not window.restart_button.isEnabled()
+
+
+# -- closing ----------------------------------------------------------------------------------
+
+
+def test_close_quits_without_a_tray(qtbot: QtBot, window: DashboardWindow) -> None:
+    window.set_close_quits(True)
+    window.show()
+    with qtbot.waitSignal(window.close_requested, timeout=1000):
+        assert window.close()
+    assert not window.isVisible()
+
+
+def test_close_hides_with_a_tray(qtbot: QtBot, window: DashboardWindow) -> None:
+    window.set_close_quits(False)
+    window.show()
+    with qtbot.assertNotEmitted(window.close_requested):
+        window.close()
+    assert not window.isVisible()
+    window.show()  # reopened from the tray, state intact
+    assert window.isVisible()
+
+
+def test_closing_dismisses_a_pending_confirmation(qtbot: QtBot, window: DashboardWindow) -> None:
+    window.set_state("serving", "")
+    window.show()
+    window.flush_button.click()
+    with qtbot.assertNotEmitted(window.flush_requested):
+        window.close()
+    assert window.confirm_dialog is None
+
+
+# -- bounded under load -----------------------------------------------------------------------
+
+
+def test_nothing_grows_without_bound(window: DashboardWindow) -> None:
+    recent: list[dict[str, Any]] = []
+    for i in range(1000):
+        recent = [*recent, record(i)][-100:]
+        window.update_snapshot(snapshot(recent=recent, memory={"rss_mb": 80 + i % 7}))
+        window.append_log(f"12:00:00 INFO    chatbot.http: request {i}")
+    assert all(len(chart.values()) == 300 for chart in window.charts.values())
+    assert window.requests_table.model().rowCount() == 100
+    assert window.log_tail.line_count() <= window.log_tail.maximumBlockCount()
+
+
+# -- formatting -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(5, "5 s"), (300, "5 min"), (3725, "1 h 02 min"), (90_000, "1 d 1 h")],
+)
+def test_uptime_reads_naturally(seconds: float, text: str) -> None:
+    assert fmt.duration(seconds) == text
+
+
+@pytest.mark.parametrize(
+    ("mb", "text"),
+    [
+        (0, "0.00"),
+        (0.004, "<0.01"),
+        (0.038, "0.04"),
+        (3.21, "3.21"),
+        (84.24, "84.2"),
+        (1234, "1,234"),
+    ],
+)
+def test_megabytes_keep_useful_precision(mb: float, text: str) -> None:
+    assert fmt.megabytes(mb) == text
