@@ -127,8 +127,6 @@ def load_desktop_config(args: argparse.Namespace) -> tuple[Config, Path, list[st
         return load(path, env=env, overrides=overrides), path, []
     except ConfigError as exc:
         problems = exc.problems
-    for log_problem in problems:
-        log.error("config error: %s", log_problem)
     try:
         return load(None, env=env, overrides=overrides), path, problems
     except ConfigError as exc:
@@ -151,6 +149,8 @@ def run(args: argparse.Namespace, argv0: str = APP_ID) -> int:
         return 0
     config, path, problems = load_desktop_config(args)
     setup_logging(config.logging.level)
+    for problem in problems:
+        log.error("config error: %s (running on defaults; %s is left as it is)", problem, path)
     controller = Controller(config, path, config_problems=problems)
     with asyncio.Runner(loop_factory=lambda: qasync.QEventLoop(app)) as runner:
         companion = Companion(controller)
