@@ -134,7 +134,11 @@ class Controller(QObject):
         )
         snap["api_url"] = self.api_url
         snap["state"] = self.state
-        snap["recent"] = [{**dataclasses.asdict(r), "time": r.started} for r in self.gateway.recent]
+        # Rows come in the order requests finished, so they show when they finished.
+        snap["recent"] = [
+            {**dataclasses.asdict(r), "time": r.started + r.total_ms / 1000}
+            for r in self.gateway.recent
+        ]
         return snap
 
     def tick(self) -> None:

@@ -72,7 +72,13 @@ class Tray(QObject):
     def set_state(self, state: str, message: str) -> None:
         self.state = state
         self.icon.setIcon(state_icon(state))
-        self._state_action.setText(_short(message))
+        # The menu's first line: short, the dashboard has the whole message.
+        headline = {
+            "ollama_down": "Ollama unreachable: chats fail until it is back",
+            "failed": "Server not running: open the dashboard",
+            "stopped": "Stopped",
+        }.get(state, message)
+        self._state_action.setText(_short(headline))
 
     def update_snapshot(self, snap: dict[str, Any]) -> None:
         self.icon.setToolTip(tooltip_text(snap))

@@ -50,9 +50,14 @@ class LogTail(QPlainTextEdit):
     def append_line(self, line: str) -> None:
         """Append one line; keep following the tail unless the user has scrolled up."""
         bar = self.verticalScrollBar()
+        across = self.horizontalScrollBar()
+        left = across.value()
         if self.isVisible():
             self._follow = bar.value() >= bar.maximum()
         self.appendPlainText(line.rstrip("\n"))
+        # appendPlainText moves the view to the end of a long line; keep where the user was
+        # (at the start, where the time and level are).
+        across.setValue(left)
         if self._follow and self.isVisible():
             bar.setValue(bar.maximum())
 
@@ -62,5 +67,6 @@ class LogTail(QPlainTextEdit):
     def showEvent(self, event: QShowEvent) -> None:
         # Lines appended while hidden did not scroll; catch up when the window is shown again.
         super().showEvent(event)
+        self.horizontalScrollBar().setValue(0)
         if self._follow:
             self.verticalScrollBar().setValue(self.verticalScrollBar().maximum())

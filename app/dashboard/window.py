@@ -199,7 +199,8 @@ class DashboardWindow(QMainWindow):
         self.tiles["memory"].set_values(f"{rss:,.0f} MB RSS", "this process")
         self.tiles["requests"].set_values(
             fmt.per_second(float(snap.get("requests_per_s", 0.0))),
-            f"{queue.get('completed', 0):,} done · {queue.get('failed', 0):,} failed",
+            # Chat requests answered (hits included), and generations that failed upstream.
+            f"{snap.get('requests_total', 0):,} total · {queue.get('failed', 0):,} failed",
         )
         self._render_ollama(ollama)
 
