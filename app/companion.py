@@ -60,6 +60,7 @@ class Companion:
             self.tray.quit.connect(self.quit)
             self.dashboard.set_close_quits(False)
             self.tray.show()
+            log.info("tray icon shown")
         else:
             # No system tray (e.g. GNOME without the AppIndicator extension): the dashboard is
             # the main window, and closing it quits, so the app never runs invisible.

@@ -26,6 +26,8 @@ log = logging.getLogger("chatbot.ui")
 
 # Ollama going away and coming back is told at most this often.
 NOTIFY_EVERY_S = 60.0
+# At most this many log lines are handed to the widgets per batch (the tail keeps 500).
+LOG_BATCH_MAX = 200
 # Requests per second are taken over this many seconds.
 _RATE_WINDOW_S = 5.0
 
@@ -34,7 +36,7 @@ class Controller(QObject):
     snapshot_ready = Signal(dict)
     state_changed = Signal(str, str)  # state, message
     notify = Signal(str, str)  # title, message
-    log_line = Signal(str)
+    log_line = Signal(str)  # one or more log lines, newline-separated, a few times a second
 
     def __init__(
         self,
@@ -58,7 +60,13 @@ class Controller(QObject):
         self._last_notice: dict[str, float] = {}
         self._busy: asyncio.Task[None] | None = None
         self.logs = LogBuffer().attach()
-        self.logs.subscribers.append(self.log_line.emit)
+        # Under load the log runs at thousands of lines a second: widgets get them in batches
+        # (one append every 500 ms, at most the last 200 lines), not one Qt call per line.
+        self._pending_lines: deque[logging.LogRecord] = deque(maxlen=LOG_BATCH_MAX)
+        self.logs.subscribers.append(self._pending_lines.append)
+        self._log_timer = QTimer(self)
+        self._log_timer.setInterval(500)
+        self._log_timer.timeout.connect(self.flush_log)
         self._timer = QTimer(self)
         self._timer.setInterval(1000)
         self._timer.timeout.connect(self.tick)
@@ -67,6 +75,7 @@ class Controller(QObject):
 
     async def start(self) -> None:
         self._timer.start()
+        self._log_timer.start()
         try:
             await self.host.start()
         except PortInUse as exc:
@@ -82,6 +91,7 @@ class Controller(QObject):
 
     async def shutdown(self) -> None:
         self._timer.stop()
+        self._log_timer.stop()
         if self._busy is not None:
             await asyncio.gather(self._busy, return_exceptions=True)
         await self.host.stop()
@@ -140,6 +150,12 @@ class Controller(QObject):
             for r in self.gateway.recent
         ]
         return snap
+
+    def flush_log(self) -> None:
+        if self._pending_lines:
+            lines = "\n".join(self.logs.format_line(r) for r in self._pending_lines)
+            self._pending_lines.clear()
+            self.log_line.emit(lines)
 
     def tick(self) -> None:
         snap = self.snapshot()

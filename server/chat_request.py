@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,16 @@ ROLES = ("system", "user", "assistant", "tool")
 # Message fields passed on to Ollama besides role and content; anything else is dropped.
 _MESSAGE_EXTRAS = ("images", "tool_calls", "tool_name", "thinking")
 _MAX_REQUEST_ID = 128
+
+
+# Request ids: a random prefix per process and a counter, cheaper than uuid4 per request
+# (it showed in profiles of the cache-hit path) and unique within the process's lifetime.
+_ID_PREFIX = f"r-{secrets.token_hex(4)}"
+_ids = itertools.count(1)
+
+
+def _new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ids):08x}"
 
 
 @dataclass(frozen=True)
@@ -120,7 +131,7 @@ def parse_chat_request(
 
     rid = _pick(body, "request_id", "requestId")
     if rid is None:
-        rid = request_id or f"r-{uuid.uuid4().hex[:16]}"
+        rid = request_id or _new_request_id()
     elif not isinstance(rid, str) or not rid or len(rid) > _MAX_REQUEST_ID:
         raise _bad(
             "request_id", f"must be a non-empty string of at most {_MAX_REQUEST_ID} characters"

@@ -24,23 +24,32 @@ def setup_logging(level: str) -> None:
 
 
 class LogBuffer(logging.Handler):
-    """Keeps the last `capacity` formatted lines and tells subscribers about each new one."""
+    """Keeps the last `capacity` records and hands each new one to subscribers.
+
+    Records are formatted only when someone reads them (`lines`, `format`): under load the log
+    runs at thousands of records a second and the dashboard shows a few hundred of them.
+    """
 
     def __init__(self, capacity: int = 500) -> None:
         super().__init__()
-        self.lines: deque[str] = deque(maxlen=capacity)
-        self.subscribers: list[Callable[[str], None]] = []
+        self.records: deque[logging.LogRecord] = deque(maxlen=capacity)
+        self.subscribers: list[Callable[[logging.LogRecord], None]] = []
         self.setFormatter(logging.Formatter(FORMAT, datefmt=DATEFMT))
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            line = self.format(record)
-        except Exception:  # a broken log call must not break the caller
-            self.handleError(record)
-            return
-        self.lines.append(line)
+        self.records.append(record)
         for subscriber in self.subscribers:
-            subscriber(line)
+            subscriber(record)
+
+    def format_line(self, record: logging.LogRecord) -> str:
+        try:
+            return self.format(record)
+        except Exception:  # a broken log call must not break the reader
+            return f"{record.levelname} {record.name}: (unformattable message {record.msg!r})"
+
+    @property
+    def lines(self) -> list[str]:
+        return [self.format_line(r) for r in self.records]
 
     def attach(self, logger_name: str = "chatbot") -> LogBuffer:
         logging.getLogger(logger_name).addHandler(self)
