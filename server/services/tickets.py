@@ -32,6 +32,8 @@ class Ticket:
     # After a claim: the generation the request listens to (maybe shared with others).
     generation: Generation | None = None
     claimed: bool = False
+    # Issued by POST /api/chat-queue: its client polls it, so it stays visible once finished.
+    issued: bool = False
     cancelled: bool = False
     final: str | None = None
     _timer: asyncio.TimerHandle | None = None
@@ -72,7 +74,7 @@ class TicketBook:
         """A ticket with a place in line, to be claimed by a chat request (POST /api/chat-queue)."""
         self._check_free(request_id)
         entry = self.queue.enqueue(priority, label=request_id)  # may raise QueueFull
-        ticket = Ticket(request_id, priority, reservation=entry)
+        ticket = Ticket(request_id, priority, reservation=entry, issued=True)
         self._tickets[request_id] = ticket
         ticket._timer = asyncio.get_running_loop().call_later(
             self.ttl_seconds, self._expire, ticket
@@ -107,9 +109,21 @@ class TicketBook:
             return
         ticket.final = status
         self.drop_reservation(ticket)
+        # The answer lives on in the cache if anywhere; a finished ticket must not keep the
+        # generation (and every piece of its text) alive.
+        ticket.generation = None
         if ticket._timer is not None:
             ticket._timer.cancel()
-        # Keep it visible to GET for a while, then forget it.
+            ticket._timer = None
+        if not (ticket.issued or ticket.cancelled):
+            # A plain chat request that nobody asked about through /api/chat-queue: visible
+            # while in progress, forgotten when done. Keeping
+            # every finished request for ticket_ttl_seconds cost ~600 B each at thousands of
+            # cache hits a second (bench/README.md, "Cache hit").
+            self._forget(ticket)
+            return
+        # A ticket the client handles through /api/chat-queue stays visible to GET for a
+        # while, then is forgotten.
         ticket._timer = asyncio.get_running_loop().call_later(
             self.ttl_seconds, self._forget, ticket
         )
