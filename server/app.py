@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -75,13 +76,13 @@ def _log_chat(request: web.Request, status: int, chat_info: dict[str, Any], ms: 
     A client that disconnected is logged with status 499 (nginx's "client closed request").
     """
     log.info(
-        "%s %s %d id=%s model=%s cached=%s ttft=%sms total=%sms tokens=%s%s",
+        "%s %s %d id=%s model=%s cache=%s ttft=%sms total=%sms tokens=%s%s",
         request.method,
         request.path,
         status,
         chat_info.get("request_id"),
         chat_info.get("model"),
-        str(chat_info.get("cached", False)).lower(),
+        "hit" if chat_info.get("cached") else "miss",
         chat_info.get("ttft_ms", "-"),
         chat_info.get("total_ms", round(ms)),
         chat_info.get("eval_count", 0),
@@ -131,6 +132,7 @@ def _http_exception(request: web.Request, exc: web.HTTPException) -> web.Respons
 # -- Host guard: DNS-rebinding protection while bound to loopback (as Ollama's CVE-2024-28224 fix)
 
 
+@functools.lru_cache(maxsize=256)
 def _is_loopback_host(host: str) -> bool:
     if host in ("localhost",) or host.endswith(".localhost"):
         return True

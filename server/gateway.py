@@ -254,7 +254,8 @@ class Gateway:
         return "".join(parts), done
 
     def _log_hit(self, req: ChatRequest, hit: CachedAnswer) -> None:
-        log.info(
+        # The access log's line for the request (at info) says `cache=hit`; this adds detail.
+        log.debug(
             "cache hit %s model=%s (%d chars, stored %.0f s ago)",
             req.request_id,
             req.model,

@@ -29,7 +29,7 @@ async def ask(http, server: Server, body: dict, headers: dict | None = None):
 
 
 async def test_streamed_hit_is_served_without_ollama_in_word_frames(server, sim, http, caplog):
-    caplog.set_level(logging.INFO, logger="chatbot.gateway")
+    caplog.set_level(logging.INFO, logger="chatbot.http")
     body = {"messages": user("what is a cache?")}
     first = await node_frontend(server.url + CHAT, body)
     assert first["cached"] is False
@@ -48,7 +48,11 @@ async def test_streamed_hit_is_served_without_ollama_in_word_frames(server, sim,
 
     again = await node_frontend(server.url + CHAT, body)  # the frontend's own parser
     assert again["cached"] is True and again["content"] == first["content"]
-    assert any("cache hit" in r.getMessage() for r in caplog.records)
+    # Each hit is logged at info level: its request's access-log line says so.
+    hits = [
+        r for r in caplog.records if r.levelno == logging.INFO and "cache=hit" in r.getMessage()
+    ]
+    assert len(hits) == 2 and all("200 id=" in r.getMessage() for r in hits)
 
 
 async def test_non_streamed_hit(server, sim, http):
