@@ -10,7 +10,8 @@ bash scripts/bootstrap.sh test
 command -v node >/dev/null || apt_install nodejs
 command -v curl >/dev/null || apt_install curl
 # Qt's offscreen platform needs a few shared libraries a minimal Debian lacks.
-if ! QT_QPA_PLATFORM=offscreen .venv/bin/python -c "import PySide6.QtWidgets" 2>/dev/null; then
+if ! QT_QPA_PLATFORM=offscreen .venv/bin/python -c \
+    "from PySide6.QtWidgets import QApplication; QApplication([])" >/dev/null 2>&1; then
   apt_install libglib2.0-0 libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3
 fi
 .venv/bin/ruff check .
