@@ -257,6 +257,8 @@ async def test_cancel_while_running_aborts_upstream_and_frees_the_slot(server, s
     assert nxt.done
     assert (await get_ticket(http, server, "run-1"))[1]["status"] == "cancelled"
     assert server.gateway.snapshot()["queue"]["cancelled"] == 1
+    # The cancelled generation was not cached; only the next one's complete answer was.
+    assert server.gateway.cache.entries == 1
 
 
 async def test_disconnect_while_waiting_leaves_the_queue(server, sim, http):

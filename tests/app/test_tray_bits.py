@@ -1,0 +1,57 @@
+"""Start at Login and the notification rules, on the real objects."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from app import autostart
+from app.tray import Tray
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the Linux desktop entry")
+def test_start_at_login_writes_and_removes_the_autostart_entry(qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    entry = tmp_path / "autostart" / "chatbot-companion.desktop"
+    tray = Tray()
+    action = tray.actions["login"]
+    assert action.isCheckable() and not action.isChecked()
+    action.trigger()  # the person ticks Start at Login
+    assert entry.exists() and autostart.is_enabled()
+    text = entry.read_text()
+    assert "[Desktop Entry]" in text and "Exec=" in text and "Name=Chatbot Companion" in text
+    action.trigger()  # and unticks it
+    assert not entry.exists() and not autostart.is_enabled()
+    # A fresh tray shows what is on disk.
+    autostart.set_enabled(True)
+    fresh = Tray()
+    assert fresh.actions["login"].isChecked()
+
+
+def test_ollama_notices_are_not_repeated_within_a_minute(start_app, qtbot, monkeypatch):
+    app = start_app(tray=True)
+    notices: list[str] = []
+    app.controller.notify.connect(lambda title, _msg: notices.append(title))
+    c = app.controller
+    c._watch_ollama(False)
+    c._watch_ollama(True)
+    c._watch_ollama(False)
+    assert notices == ["Ollama unreachable"]  # the flapping within a minute is not told again
+    monkeypatch.setattr("app.controller.NOTIFY_EVERY_S", 0.0)
+    c._watch_ollama(True)
+    assert notices == ["Ollama unreachable", "Ollama is back"]
+
+
+def test_port_in_use_is_notified(start_app, qtbot):
+    import socket
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        app = start_app(tray=True, port=port)
+        assert app.controller.state == "failed"
+        assert app.companion.tray.state == "failed"
+        headline = app.companion.tray.menu.actions()[0].text()
+        assert headline == "Server not running: open the dashboard"
