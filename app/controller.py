@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -76,17 +77,21 @@ class Controller(QObject):
     async def start(self) -> None:
         self._timer.start()
         self._log_timer.start()
+        if self.config_problems:
+            self._notify("config", "Configuration problem", "; ".join(self.config_problems))
+        await self._bring_up(self.host.start(), "start")
+
+    async def _bring_up(self, action: Awaitable[None], verb: str) -> None:
+        """Start or restart the server, and show how it went."""
         try:
-            await self.host.start()
+            await action
         except PortInUse as exc:
             self._failed_port(exc)
         except OSError as exc:
-            self._set_state("failed", f"The server could not start: {exc.strerror or exc}")
+            self._set_state("failed", f"The server could not {verb}: {exc.strerror or exc}")
             self._notify("server_error", "Server failed", self.message)
         else:
             self._serving()
-        if self.config_problems:
-            self._notify("config", "Configuration problem", "; ".join(self.config_problems))
         self.tick()
 
     async def shutdown(self) -> None:
@@ -105,24 +110,16 @@ class Controller(QObject):
         self.tick()  # the tiles show it at once, not a second later
         return count
 
-    def restart_server(self) -> asyncio.Task[None]:
-        """Restart in the background (the menu and the button must not wait for the drain)."""
+    def restart_server(self, config: Config | None = None) -> asyncio.Task[None]:
+        """Restart in the background (the menu and the button must not wait for the drain),
+        on a new configuration if one is given."""
         if self._busy is None or self._busy.done():
-            self._busy = asyncio.ensure_future(self._restart())
+            self._busy = asyncio.ensure_future(self._restart(config))
         return self._busy
 
-    async def _restart(self) -> None:
+    async def _restart(self, config: Config | None) -> None:
         self._set_state("starting", "Restarting: finishing answers in progress…")
-        try:
-            await self.host.restart()
-        except PortInUse as exc:
-            self._failed_port(exc)
-        except OSError as exc:
-            self._set_state("failed", f"The server could not restart: {exc.strerror or exc}")
-            self._notify("server_error", "Server failed", self.message)
-        else:
-            self._serving()
-        self.tick()
+        await self._bring_up(self.host.restart(config), "restart")
 
     @property
     def api_url(self) -> str:
