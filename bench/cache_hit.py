@@ -28,10 +28,8 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -41,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,12 +47,26 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
+from common import (
+    CLIENT_CPU,
+    RESULTS_DIR,
+    ROOT,
+    SERVER_CPU,
+    Server,
+    can_pin,
+    free_port,
+    http_json,
+    http_json_response,
+    machine_info,
+    percentile,
+    simulator_command,
+    spawn,
+    spawn_gateway,
+    stop,
+    write_json,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
-GATEWAY_BIN = str(ROOT / ".venv" / "bin" / "chatbot-backend")
 
 # Targets (the mission's) and anchors (published or measured elsewhere; not measured here).
 TARGET_P50_MS = 1.0
@@ -77,7 +88,6 @@ OLLAMA_BODY = {
     "messages": [{"role": "user", "content": "bench"}],
     "stream": False,
 }
-SERVER_CPU, CLIENT_CPU = 1, 0
 
 # The bare floor: an aiohttp server, configured like the gateway's (no access log, handler
 # cancellation), whose one handler returns a small fixed JSON body.
@@ -105,103 +115,11 @@ asyncio.run(main(int(sys.argv[1])))
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def rss_mb(self) -> float:
-        return psutil.Process(self.pid).memory_info().rss / 2**20
-
-    def cpu_seconds(self) -> float:
-        times = psutil.Process(self.pid).cpu_times()
-        return times.user + times.system
-
-
-def spawn(
-    name: str,
-    command: list[str],
-    ready_path: str,
-    port: int,
-    logdir: Path,
-    cpu: int | None,
-    env: dict[str, str] | None = None,
-) -> Server:
-    log_path = logdir / f"{name}.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            # Pinned before exec, so every thread the server starts stays on that core.
-            preexec_fn=(lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None,
-        )
-    server = Server(name, port, proc, log_path)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited: {log_path.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(server.base + ready_path, timeout=1):
-                return server
-        except OSError:
-            time.sleep(0.05)
-    stop(server)
-    raise RuntimeError(f"{name} did not answer within 20 s")
-
-
-def stop(server: Server) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
-
-
-def start_gateway(
-    name: str, sim: Server, logdir: Path, cpu: int | None, extra_env: dict[str, str]
-) -> Server:
-    port = free_port()
-    env = {
-        "CHATBOT_OLLAMA_API_URL": sim.base,
-        "CHATBOT_OLLAMA_WARM_UP": "false",
-        **extra_env,
-    }
-    return spawn(name, [GATEWAY_BIN, "--port", str(port)], "/health", port, logdir, cpu, env)
-
-
-def http_json(url: str, body: dict[str, Any] | None = None) -> tuple[dict[str, Any], Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as resp:
-        return json.loads(resp.read()), resp.headers
-
-
 def warm_entry(gateway: Server) -> None:
     """One miss stores the entry; the next request must be a hit."""
     url = gateway.base + "/api/chat-optimized"
-    _, first = http_json(url, CHAT_BODY)
-    answer, second = http_json(url, CHAT_BODY)
+    _, first = http_json_response(url, CHAT_BODY)
+    answer, second = http_json_response(url, CHAT_BODY)
     if second.get("X-Cache") != "HIT" or answer.get("cached") is not True:
         raise RuntimeError(
             f"{gateway.name}: expected X-Cache: HIT after warming, got {second.get('X-Cache')}"
@@ -210,7 +128,7 @@ def warm_entry(gateway: Server) -> None:
 
 
 def cache_stats(gateway: Server) -> dict[str, Any]:
-    return http_json(gateway.base + "/api/cache-stats")[0]
+    return http_json(gateway.base + "/api/cache-stats")
 
 
 # --------------------------------------------------------------------------- raw HTTP client
@@ -392,12 +310,6 @@ TARGETS = {
 LATENCY_KEYS = list(TARGETS)
 AIOHTTP_LATENCY_KEYS = ["hit", "floor"]  # the client-overhead comparison
 THROUGHPUT_KEYS = list(TARGETS)
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
-    return ordered[index]
 
 
 # --------------------------------------------------------------------------- latency
@@ -717,7 +629,7 @@ def measure_memory(
     extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     env = {"LOG_LEVEL": "warning", "CACHE_MAX_SIZE_MB": str(args.fill_mb), **(extra_env or {})}
-    gateway = start_gateway(name, sim, logdir, server_cpu, env)
+    gateway = spawn_gateway(name, sim, logdir, env, cpu=server_cpu)
     try:
         warm_entry(gateway)
         time.sleep(0.5)
@@ -814,7 +726,7 @@ def profile_gateway(
     for key in ("hit", "stream_hit"):
         target = TARGETS[key]
         gateway = servers[target.server]
-        raw_path = RESULTS / f"cache_hit_profile_{key}.txt"
+        raw_path = RESULTS_DIR / f"cache_hit_profile_{key}.txt"
         seconds = args.seconds
         recorder = subprocess.Popen(
             [
@@ -868,28 +780,12 @@ def print_profile(profile: dict[str, Any], top: int) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def machine_info() -> dict[str, Any]:
-    cpu_model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in ("aiohttp", "cachetools", "psutil"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
+def wrk_version() -> dict[str, str]:
     wrk = shutil.which("wrk")
-    if wrk:
-        probe = subprocess.run([wrk, "-v"], capture_output=True, text=True)
-        versions["wrk"] = (probe.stdout + probe.stderr).split("[")[0].strip()
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-    }
+    if not wrk:
+        return {}
+    probe = subprocess.run([wrk, "-v"], capture_output=True, text=True)
+    return {"wrk": (probe.stdout + probe.stderr).split("[")[0].strip()}
 
 
 def verdicts(lat: dict[str, Any], tp: dict[str, Any], mem: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1044,13 +940,13 @@ def parse_args() -> argparse.Namespace:
         args.seconds, args.warm_seconds, args.tp_rounds = 2, 1, 1
         args.fill_mb, args.fill_batch = 4, 20
     if args.output is None:
-        args.output = RESULTS / ("cache_hit_quick.json" if args.quick else "cache_hit.json")
+        args.output = RESULTS_DIR / ("cache_hit_quick.json" if args.quick else "cache_hit.json")
     return args
 
 
 def main() -> int:
     args = parse_args()
-    pin = not args.no_pin and hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
+    pin = not args.no_pin and can_pin()
     server_cpu = SERVER_CPU if pin else None
     if pin:
         os.sched_setaffinity(0, {CLIENT_CPU})  # this script, and wrk as its child
@@ -1070,23 +966,11 @@ def main() -> int:
             sim_port = free_port()
             servers["sim"] = spawn(
                 "sim",
-                [
-                    PYTHON,
-                    "-m",
-                    "server.simulator",
-                    "--port",
-                    str(sim_port),
-                    "--token-delay-ms",
-                    "0",
-                    "--first-token-delay-ms",
-                    "0",
-                    "--tokens",
-                    "64",
-                ],
+                simulator_command(sim_port, 64, launcher=(PYTHON, "-m", "server.simulator")),
                 "/api/version",
                 sim_port,
                 workdir,
-                server_cpu,
+                cpu=server_cpu,
             )
             floor_port = free_port()
             servers["floor"] = spawn(
@@ -1095,16 +979,16 @@ def main() -> int:
                 "/",
                 floor_port,
                 workdir,
-                server_cpu,
+                cpu=server_cpu,
             )
-            servers["gw"] = start_gateway(
-                "gw", servers["sim"], workdir, server_cpu, {"LOG_LEVEL": "warning"}
+            servers["gw"] = spawn_gateway(
+                "gw", servers["sim"], workdir, {"LOG_LEVEL": "warning"}, cpu=server_cpu
             )
             # Info is the default level; set explicitly so a .env in the repo cannot change it.
             # Its log goes to a file in a temporary directory (the cheapest sink a real
             # deployment would have; a terminal is slower).
-            servers["gw_info"] = start_gateway(
-                "gw_info", servers["sim"], workdir, server_cpu, {"LOG_LEVEL": "info"}
+            servers["gw_info"] = spawn_gateway(
+                "gw_info", servers["sim"], workdir, {"LOG_LEVEL": "info"}, cpu=server_cpu
             )
             for name in ("gw", "gw_info"):
                 warm_entry(servers[name])
@@ -1148,7 +1032,7 @@ def main() -> int:
         "date": started.isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - t0, 1),
         "command": "python " + " ".join(sys.argv),
-        "machine": machine_info(),
+        "machine": machine_info(("aiohttp", "cachetools", "psutil"), wrk_version()),
         "code": code,
         "pinning": pinning,
         "params": {k: v for k, v in vars(args).items() if k not in ("output", "profile_top")},
@@ -1181,8 +1065,7 @@ def main() -> int:
     )
     if profile:
         print_profile(profile, args.profile_top)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.output, report)
     print(f"\nJSON written to {args.output} (run took {report['duration_s']:.0f} s)")
     return 0
 

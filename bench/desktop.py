@@ -13,8 +13,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -24,18 +22,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import psutil
+from common import RESULTS_DIR, free_port, process_rss_mb, simulator_command, terminate, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LOG_LEVEL = os.environ.get("BENCH_LOG_LEVEL", "info")
 BODY = {"messages": [{"role": "user", "content": "bench"}], "stream": False}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout: float = 30.0, data: bytes | None = None) -> float:
@@ -123,18 +114,6 @@ def launch(
     return proc, marks
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def rss_mb(pid: int) -> float:
-    return psutil.Process(pid).memory_info().rss / 2**20
-
-
 def wrk(url: str, seconds: int) -> float:
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     script.write_text(
@@ -168,16 +147,7 @@ def main() -> None:
     sim_port = free_port()
     procs.append(
         subprocess.Popen(
-            [
-                str(BIN / "chatbot-backend"),
-                "simulate-ollama",
-                "--port",
-                str(sim_port),
-                "--token-delay-ms",
-                "0",
-                "--first-token-delay-ms",
-                "0",
-            ],
+            simulator_command(sim_port, launcher=(str(BIN / "chatbot-backend"), "simulate-ollama")),
             stderr=subprocess.DEVNULL,
         )
     )
@@ -209,7 +179,7 @@ def main() -> None:
                     time.sleep(0.01)
                 results["start_tray_s"].append(marks.get("tray", float("nan")))
                 time.sleep(2)
-                results["rss_idle_closed_mb"].append(rss_mb(app.pid))
+                results["rss_idle_closed_mb"].append(process_rss_mb(app.pid))
                 # A second launch raises the first one's dashboard.
                 subprocess.run(
                     [str(BIN / "chatbot-companion")],
@@ -218,12 +188,12 @@ def main() -> None:
                     timeout=30,
                 )
                 time.sleep(3)
-                results["rss_idle_open_mb"].append(rss_mb(app.pid))
+                results["rss_idle_open_mb"].append(process_rss_mb(app.pid))
                 wait_http(f"{url}/api/chat-optimized", data=json.dumps(BODY).encode())
                 results["qasync_rps"].append(wrk(f"{url}/api/chat-optimized", args.seconds))
                 time.sleep(1.5)
-                results["rss_after_load_open_mb"].append(rss_mb(app.pid))
-                stop(app)
+                results["rss_after_load_open_mb"].append(process_rss_mb(app.pid))
+                terminate(app, 15)
 
                 port = free_port()
                 headless, marks = launch("headless", port, sim_url, xdg)
@@ -231,8 +201,8 @@ def main() -> None:
                 results["headless_start_health_s"].append(marks["health"])
                 wait_http(f"{url}/api/chat-optimized", data=json.dumps(BODY).encode())
                 results["headless_rps"].append(wrk(f"{url}/api/chat-optimized", args.seconds))
-                results["headless_rss_mb"].append(rss_mb(headless.pid))
-                stop(headless)
+                results["headless_rss_mb"].append(process_rss_mb(headless.pid))
+                terminate(headless, 15)
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -270,9 +240,8 @@ def main() -> None:
     for name, value, target, ok in rows:
         verdict = "" if ok is None else ("PASS" if ok else "FAIL")
         print(f"{name:40} {value:>10} {target:>8}  {verdict}")
-    out = ROOT / "bench" / "results" / ("desktop_quick.json" if args.quick else "desktop.json")
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"rounds": results, "medians": med, "ratio": ratio}, indent=2))
+    out = RESULTS_DIR / ("desktop_quick.json" if args.quick else "desktop.json")
+    write_json(out, {"rounds": results, "medians": med, "ratio": ratio})
 
 
 if __name__ == "__main__":

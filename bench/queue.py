@@ -37,23 +37,18 @@ import sys
 # Run as `python bench/queue.py`, this folder is sys.path[0], where this file would shadow the
 # standard library's `queue` module (imported e.g. by concurrent.futures.thread, behind asyncio's
 # default executor). Appending first makes the removal safe when the folder is not there; when
-# it is, the first occurrence goes and the appended one, after the stdlib, is harmless.
+# it is, the first occurrence goes and the appended one, after the stdlib, is harmless (and
+# still finds this folder's `common`).
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
 
 import argparse
 import asyncio
-import contextlib
-import importlib.metadata
 import json
 import math
-import platform
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -61,11 +56,19 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
+from common import (
+    RESULTS_DIR,
+    Server,
+    free_port,
+    http_json,
+    machine_info,
+    simulator_command,
+    spawn,
+    spawn_gateway,
+    stop,
+    write_json,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
-GATEWAY_BIN = str(ROOT / ".venv" / "bin" / "chatbot-backend")
 CHAT = "/api/chat-optimized"
 VARIANTS = ("cold", "warm", "tuned")
 # First-position buckets for the ETA error split: (label, lowest, highest).
@@ -75,108 +78,23 @@ BUCKETS = (("pos 1-10", 1, 10), ("pos 11-50", 11, 50), ("pos 51+", 51, 10**9))
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class Server:
-    name: str
-    port: int
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def cpu_seconds(self) -> float:
-        times = psutil.Process(self.proc.pid).cpu_times()
-        return times.user + times.system
-
-
-def spawn(
-    name: str,
-    command: list[str],
-    ready_path: str,
-    port: int,
-    logdir: Path,
-    env: dict[str, str] | None = None,
-) -> Server:
-    log_path = logdir / f"{name}.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-        )
-    server = Server(name, port, proc, log_path)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited: {log_path.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(server.base + ready_path, timeout=1):
-                return server
-        except OSError:
-            time.sleep(0.05)
-    stop(server)
-    raise RuntimeError(f"{name} did not answer within 20 s")
-
-
-def stop(server: Server) -> None:
-    server.proc.terminate()
-    try:
-        server.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait()
-
-
 def start_simulator(args: argparse.Namespace, logdir: Path) -> Server:
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "server.simulator",
-        "--port",
-        str(port),
-        "--tokens",
-        str(args.tokens),
-        "--token-delay-ms",
-        str(args.token_delay_ms),
-        "--first-token-delay-ms",
-        str(args.first_token_delay_ms),
-    ]
+    command = simulator_command(port, args.tokens, args.token_delay_ms, args.first_token_delay_ms)
     return spawn("simulator", command, "/api/version", port, logdir)
 
 
 def start_gateway(
     name: str, sim: Server, logdir: Path, max_concurrent: int, estimated_ms: int | None
 ) -> Server:
-    port = free_port()
     env = {
-        "CHATBOT_OLLAMA_API_URL": sim.base,
-        "CHATBOT_OLLAMA_WARM_UP": "false",
         "LOG_LEVEL": "warning",
         "CHATBOT_QUEUE_MAX_QUEUE_SIZE": "1000",
         "CHATBOT_QUEUE_MAX_CONCURRENT": str(max_concurrent),
     }
     if estimated_ms is not None:
         env["CHATBOT_QUEUE_ESTIMATED_TIME_PER_REQUEST_MS"] = str(estimated_ms)
-    return spawn(name, [GATEWAY_BIN, "--port", str(port)], "/health", port, logdir, env)
-
-
-def http_json(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as resp:
-        return json.loads(resp.read())
+    return spawn_gateway(name, sim, logdir, env)
 
 
 # --------------------------------------------------------------------------- clients
@@ -799,26 +717,6 @@ def print_report(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     )
 
 
-def machine_info() -> dict[str, Any]:
-    cpu_model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in ("aiohttp", "psutil"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-    }
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=100, help="clients per burst")
@@ -848,7 +746,7 @@ def parse_args() -> argparse.Namespace:
         args.clients, args.concurrency, args.rounds = 12, [1, 2], 1
         args.tokens, args.lone, args.warmup = 5, 2, 2
     if args.output is None:
-        args.output = RESULTS / ("queue_quick.json" if args.quick else "queue.json")
+        args.output = RESULTS_DIR / ("queue_quick.json" if args.quick else "queue.json")
     return args
 
 
@@ -869,7 +767,7 @@ def main() -> int:
         "date": started.isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - wall0, 1),
         "command": "python " + " ".join(sys.argv),
-        "machine": machine_info(),
+        "machine": machine_info(("aiohttp", "psutil")),
         "params": {
             "clients": args.clients,
             "concurrency": args.concurrency,
@@ -886,8 +784,7 @@ def main() -> int:
         "direct": data["direct"],
         "bursts": data["bursts"],
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.output, report)
     print(f"\nJSON written to {args.output} (run took {report['duration_s']:.0f} s)")
     return 0
 

@@ -9,17 +9,20 @@ round by round so that machine noise hits both; figures are medians over the rou
 
 from __future__ import annotations
 
+import os
+import sys
+
+# This folder is sys.path[0] and holds queue.py, which would shadow the standard library's `queue`
+# (imported by anyio, behind httpx). Keep the folder on the path, for `common`, but after the
+# standard library: append it, then remove its first occurrence.
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
+
 import argparse
 import asyncio
-import contextlib
-import importlib.metadata
 import json
-import os
-import platform
-import socket
 import statistics
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,9 +33,22 @@ from typing import Any
 
 import aiohttp
 import httpx
+from common import (
+    CLIENT_CPU,
+    RESULTS_DIR,
+    ROOT,
+    SERVER_CPU,
+    can_pin,
+    free_port,
+    machine_info,
+    percentile,
+    simulator_command,
+    terminate,
+    wait_until_answers,
+    write_json,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "relay.json"
+RESULTS = RESULTS_DIR / "relay.json"
 CLIENTS = ("aiohttp", "httpx")
 
 # Targets for the chosen client. A fast local model streams ~200 tokens/s, so 20,000 lines/s
@@ -224,85 +240,29 @@ async def measure_small(client: Client, url: str, payload: bytes, count: int) ->
     return samples
 
 
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))
-    return ordered[index]
-
-
 # --------------------------------------------------------------------------- simulator process
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_simulator(port: int, tokens: int) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "server.simulator",
-        "--port",
-        str(port),
-        "--tokens",
-        str(tokens),
-        "--token-delay-ms",
-        "0",
-        "--first-token-delay-ms",
-        "0",
-    ]
+    command = simulator_command(port, tokens)
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"simulator exited: {proc.stderr.read().decode()}")  # type: ignore[union-attr]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=1):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("simulator did not start within 15 s")
-
-
-def stop_simulator(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    wait_until_answers(
+        proc,
+        f"http://127.0.0.1:{port}/api/version",
+        name="simulator",
+        timeout=15,
+        output=lambda: proc.stderr.read().decode(),  # type: ignore[union-attr]
+    )
+    return proc
 
 
 def pin_cpus(simulator_pid: int) -> str:
     """Keep the simulator and the clients on different cores so they do not trade places."""
-    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+    if not can_pin():
         return "not pinned"
-    os.sched_setaffinity(simulator_pid, {1})
-    os.sched_setaffinity(0, {0})
-    return "simulator on CPU 1, clients on CPU 0"
-
-
-def machine_info() -> dict[str, Any]:
-    cpu_model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for package in ("aiohttp", "httpx", "httpcore", "h11", "anyio"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[package] = importlib.metadata.version(package)
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": cpu_model,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "versions": versions,
-    }
+    os.sched_setaffinity(simulator_pid, {SERVER_CPU})
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    return f"simulator on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}"
 
 
 # --------------------------------------------------------------------------- driver
@@ -514,14 +474,14 @@ def main() -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/simulator/stats", timeout=5) as r:
             sim_stats = json.load(r)
     finally:
-        stop_simulator(proc)
+        terminate(proc, 5)
     verdict = compare(results)
     print_report(args, results, verdict)
     report = {
         "benchmark": "relay",
         "date": started.isoformat(timespec="seconds"),
         "command": "python " + " ".join(sys.argv),
-        "machine": machine_info(),
+        "machine": machine_info(("aiohttp", "httpx", "httpcore", "h11", "anyio")),
         "pinning": pinning,
         "params": {
             "requests": args.requests,
@@ -535,8 +495,7 @@ def main() -> int:
         "comparison": verdict,
         "simulator_stats": sim_stats,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.output, report)
     print(f"\nJSON written to {args.output}")
     return 0
 
