@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,12 +16,13 @@ from PySide6.QtCore import QStandardPaths, QUrl
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
+from app.config_manager import ConfigManager
 from app.controller import Controller
 from app.dashboard import DashboardWindow
 from app.icons import state_icon
 from app.single_instance import SingleInstance
 from app.tray import Tray
-from server.config import Config, ConfigError, default_toml, effective_env, load
+from server.config import effective_env
 from server.logs import setup_logging
 
 log = logging.getLogger("chatbot.ui")
@@ -30,8 +32,16 @@ APP_ID = "chatbot-companion"
 class Companion:
     """Wires the controller to the tray and the dashboard; `run()` lives until Quit."""
 
-    def __init__(self, controller: Controller, *, tray_available: bool | None = None) -> None:
+    def __init__(
+        self,
+        controller: Controller,
+        *,
+        tray_available: bool | None = None,
+        config_manager: ConfigManager | None = None,
+        config_problems: list[str] | None = None,
+    ) -> None:
         self.controller = controller
+        self.config_manager = config_manager
         self.stopping = asyncio.Event()
         if tray_available is None:
             tray_available = QSystemTrayIcon.isSystemTrayAvailable()
@@ -69,6 +79,24 @@ class Companion:
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.quit)
+        if config_manager is not None:
+            self._wire_settings(config_manager, config_problems or [])
+
+    def _wire_settings(self, manager: ConfigManager, problems: list[str]) -> None:
+        page = self.dashboard.settings
+        manager.form_values.connect(page.load)
+        manager.raw_toml.connect(page.set_raw_toml)
+        manager.status.connect(page.set_status)
+        manager.file_problems.connect(page.set_file_problems)
+        manager.connection_result.connect(page.show_connection_result)
+        manager.models.connect(page.set_models)
+        page.save_requested.connect(manager.save)
+        page.test_connection_requested.connect(manager.test_connection)
+        page.open_file_requested.connect(manager.open_file)
+        manager.attach(self.controller, problems)
+        if problems:
+            # Start-up with a broken file: say so where the person will look first.
+            self.dashboard.show_settings()
 
     def show_dashboard(self) -> None:
         self.dashboard.showNormal()
@@ -79,11 +107,14 @@ class Companion:
         QGuiApplication.clipboard().setText(self.controller.api_url)
 
     def open_config(self) -> None:
-        path = self.controller.config_path
-        if path is None:
-            self._notify("No config file", "Running on built-in defaults and the environment.")
+        """The tray's Open Config: the Settings page, where the file can be opened too."""
+        if self.config_manager is not None:
+            self.show_dashboard()
+            self.dashboard.show_settings()
             return
-        QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+        path = self.controller.config_path
+        if path is not None:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
 
     def quit(self) -> None:
         """Quit, SIGTERM and aboutToQuit all end here: one event the main coroutine awaits."""
@@ -97,6 +128,8 @@ class Companion:
 
     async def run(self) -> None:
         await self.controller.start()
+        if self.config_manager is not None:
+            await self.config_manager.refresh_models()
         await self.stopping.wait()
         await self.controller.shutdown()
         if self.tray is not None:
@@ -109,29 +142,16 @@ def user_config_path() -> Path:
     return Path(base) / "config.toml"
 
 
-def load_desktop_config(args: argparse.Namespace) -> tuple[Config, Path, list[str]]:
-    """The config of the desktop app: `--config`, $CHATBOT_CONFIG, or the user's own copy,
-    created from the default on first run. A broken file does not stop the app: it runs on
-    defaults, reports the problems, and leaves the file as it is."""
+def config_manager_for(args: argparse.Namespace) -> ConfigManager:
+    """The desktop app's config file: `--config`, $CHATBOT_CONFIG, or the user's own copy."""
     env = effective_env()
     path = Path(args.config or env.get("CHATBOT_CONFIG") or user_config_path())
-    if not path.exists() and not args.config:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(default_toml(), encoding="utf-8")
-        log.info("created %s from the defaults", path)
     overrides = {}
     if args.host is not None:
         overrides[("server", "host")] = args.host
     if args.port is not None:
         overrides[("server", "port")] = args.port
-    try:
-        return load(path, env=env, overrides=overrides), path, []
-    except ConfigError as exc:
-        problems = exc.problems
-    try:
-        return load(None, env=env, overrides=overrides), path, problems
-    except ConfigError as exc:
-        return Config(), path, problems + exc.problems
+    return ConfigManager(path, overrides)
 
 
 def run(args: argparse.Namespace, argv0: str = APP_ID) -> int:
@@ -148,13 +168,19 @@ def run(args: argparse.Namespace, argv0: str = APP_ID) -> int:
             file=sys.stderr,
         )
         return 0
-    config, path, problems = load_desktop_config(args)
+    manager = config_manager_for(args)
+    # The user's own copy is created from the default on first run; a --config file is not.
+    config, problems = manager.load_initial(
+        create=not (args.config or os.environ.get("CHATBOT_CONFIG"))
+    )
     setup_logging(config.logging.level)
     for problem in problems:
-        log.error("config error: %s (running on defaults; %s is left as it is)", problem, path)
-    controller = Controller(config, path, config_problems=problems)
+        log.error(
+            "config error: %s (running on defaults; %s is left as it is)", problem, manager.path
+        )
+    controller = Controller(config, manager.path, config_problems=problems)
     with asyncio.Runner(loop_factory=lambda: qasync.QEventLoop(app)) as runner:
-        companion = Companion(controller)
+        companion = Companion(controller, config_manager=manager, config_problems=problems)
         instance.activated.connect(companion.show_dashboard)
         _route_signals(runner.get_loop(), companion)
         runner.run(companion.run())

@@ -556,3 +556,12 @@ def default_toml() -> str:
         value = tomlkit.item(key.default).as_string()
         lines.append(f"{key.name} = {value}  # {key.help}")
     return "\n".join(lines) + "\n"
+
+
+def env_overridden(env: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """The settings the environment sets, each with the variable that sets it."""
+    found = {target: alias for alias, target in ENV_ALIASES.items() if alias in env}
+    for key in registry():
+        if key.env_name in env:
+            found[(key.section, key.name)] = key.env_name
+    return found

@@ -121,7 +121,8 @@ class Gateway:
         )
         return [
             f"[server].{name}"
-            for name in ("host", "port")
+            # The body limit is set when the HTTP app is built, so it also needs a restart.
+            for name in ("host", "port", "max_body_kb")
             if getattr(old.server, name) != getattr(config.server, name)
         ]
 

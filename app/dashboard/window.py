@@ -1,5 +1,6 @@
-"""The dashboard window: lays out the banner, tiles, charts, request table and log tail, and
-renders the once-a-second snapshot into them. It never calls services; it emits signals."""
+"""The dashboard window: an Overview tab with the banner, tiles, charts, request table and log
+tail, rendering the once-a-second snapshot into them, and a Settings tab. It never calls
+services; it emits signals."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSplitter,
     QTableView,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -31,6 +33,7 @@ from app.dashboard.log_tail import LogTail
 from app.dashboard.requests_model import COLUMNS, RequestsModel
 from app.dashboard.sparkline import Sparkline
 from app.dashboard.tiles import Tile
+from app.settings import SettingsPage
 
 log = logging.getLogger("chatbot.ui")
 
@@ -96,6 +99,8 @@ class DashboardWindow(QMainWindow):
         self.log_tail = LogTail()
         self.status_label = QLabel()
         self.status_label.setContentsMargins(8, 0, 0, 0)
+        self.settings = SettingsPage()
+        self.tabs = QTabWidget()
 
         self._build_layout()
         self.set_state("starting", "Starting the server…")
@@ -153,15 +158,19 @@ class DashboardWindow(QMainWindow):
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
 
-        central = QWidget()
-        layout = QVBoxLayout(central)
+        overview = QWidget()
+        layout = QVBoxLayout(overview)
         layout.setContentsMargins(12, 12, 12, 6)
         layout.setSpacing(10)
         layout.addLayout(top)
         layout.addLayout(tiles)
         layout.addLayout(charts, 1)
         layout.addWidget(splitter, 4)
-        self.setCentralWidget(central)
+        self.tabs.setDocumentMode(True)
+        self.tabs.addTab(overview, "Overview")
+        self.tabs.addTab(self.settings, "Settings")
+        self.settings.dirty_changed.connect(self._on_settings_dirty)
+        self.setCentralWidget(self.tabs)
         self.statusBar().addWidget(self.status_label, 1)
         self.statusBar().setSizeGripEnabled(False)
 
@@ -221,6 +230,9 @@ class DashboardWindow(QMainWindow):
     def set_close_quits(self, quits: bool) -> None:
         self._close_quits = quits
 
+    def show_settings(self) -> None:
+        self.tabs.setCurrentWidget(self.settings)
+
     # -- rendering helpers ------------------------------------------------------------------
 
     def _render_ollama(self, ollama: Mapping[str, Any]) -> None:
@@ -263,6 +275,11 @@ class DashboardWindow(QMainWindow):
         text = "  ·  ".join(parts)
         if self.status_label.text() != text:
             self.status_label.setText(text)
+
+    def _on_settings_dirty(self, dirty: bool) -> None:
+        index = self.tabs.indexOf(self.settings)
+        self.tabs.setTabText(index, "Settings •" if dirty else "Settings")
+        self.tabs.setTabToolTip(index, "Unsaved changes" if dirty else "")
 
     # -- actions ----------------------------------------------------------------------------
 

@@ -15,8 +15,10 @@ import pytest
 import qasync
 
 from app.companion import Companion
+from app.config_manager import ConfigManager, values_of
 from app.controller import Controller
-from server import simulator
+from server import config_file, simulator
+from server.config import default_toml
 from tests.conftest import make_config
 
 
@@ -25,8 +27,12 @@ def qloop(qapp) -> Iterator[asyncio.AbstractEventLoop]:
     # already_running: the loop runs whenever Qt processes events (qtbot.waitUntil & co.).
     # Never stop() it in a test: that would quit the QApplication for every later test.
     loop = qasync.QEventLoop(qapp, already_running=True)
+    # asyncio.to_thread's workers are QThreads here: own them, to stop them before Qt goes.
+    executor = qasync.QThreadExecutor(2)
+    loop.set_default_executor(executor)
     asyncio.set_event_loop(loop)
     yield loop
+    executor.shutdown(wait=True)
 
 
 @pytest.fixture
@@ -69,13 +75,19 @@ class App:
 def start_app(qtbot, qloop, sim_url, tmp_path) -> Iterator[Callable[..., App]]:
     apps: list[App] = []
 
-    def start(*, tray: bool = False, port: int = 0, **overrides: Any) -> App:
+    def start(*, tray: bool = False, port: int | None = 0, **overrides: Any) -> App:
+        """port: 0 binds any free port (the default); None uses the config's port."""
         overrides.setdefault("ollama__api_url", sim_url)
         overrides.setdefault("ollama__warm_up", False)
         overrides.setdefault("ollama__probe_interval_seconds", 1)
+        config = make_config(**overrides)
+        # The user's file says what runs: the shipped default with these values saved in it.
         path = tmp_path / "config.toml"
-        controller = Controller(make_config(**overrides), path, port_override=port, drain_seconds=1)
-        companion = Companion(controller, tray_available=tray)
+        path.write_text(default_toml())
+        config_file.save(path, values_of(config))
+        manager = ConfigManager(path)
+        controller = Controller(config, path, port_override=port, drain_seconds=1)
+        companion = Companion(controller, tray_available=tray, config_manager=manager)
         task = qloop.create_task(companion.run())
         app = App(companion, task)
         apps.append(app)

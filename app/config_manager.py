@@ -1,0 +1,242 @@
+"""The desktop app's configuration: load, save from the Settings page, apply live, watch the file.
+
+What can change at run time is applied through the Gateway at once (cache size, TTL and switch,
+queue limits, batch settings, CORS origins, model, system prompt, Ollama URL and timeouts, log
+level); a new host or port restarts the server, after saying so. An edit made in an editor while
+the app runs is picked up: applied when valid, reported (first the key, value and reason) when
+not, and the last good configuration keeps running. Nothing here blocks the loop: file reads and
+writes run in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QFileSystemWatcher, QObject, QTimer, Signal
+
+from app.controller import Controller
+from server import config_file
+from server.config import (
+    Config,
+    ConfigError,
+    default_toml,
+    effective_env,
+    env_overridden,
+    load,
+    registry,
+)
+from server.errors import GatewayError
+from server.logs import setup_logging
+from server.services.ollama import OllamaClient
+
+log = logging.getLogger("chatbot.ui")
+
+Values = dict[tuple[str, str], Any]
+
+
+def values_of(config: Config) -> Values:
+    return {(k.section, k.name): getattr(getattr(config, k.section), k.name) for k in registry()}
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    a, b = values_of(old), values_of(new)
+    return [f"[{s}].{n}" for (s, n) in a if a[(s, n)] != b[(s, n)]]
+
+
+class ConfigManager(QObject):
+    status = Signal(str, str)  # text, kind (info, ok, error)
+    file_problems = Signal(list)  # the file's errors; [] when it is fine
+    # object, not dict: Qt would turn a dict into a map with string keys only.
+    form_values = Signal(object)  # {(section, name): value}, what the Settings form shows
+    raw_toml = Signal(str, str)  # effective TOML, path
+    connection_result = Signal(bool, str)
+    models = Signal(list)
+
+    def __init__(self, path: Path, overrides: Values | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.overrides = overrides or {}
+        self.controller: Controller | None = None
+        self._last_text: str | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._watcher = QFileSystemWatcher(self)
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(300)  # editors write in several steps
+        self._debounce.timeout.connect(lambda: self._spawn(self._reload_from_disk()))
+        self._watcher.fileChanged.connect(lambda _p: self._debounce.start())
+        self._watcher.directoryChanged.connect(lambda _p: self._debounce.start())
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def load_initial(self, *, create: bool) -> tuple[Config, list[str]]:
+        """The configuration to start with, and the file's problems (then running on defaults
+        and the environment, and the file is left as it is). Runs before the loop does."""
+        if create and not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(default_toml(), encoding="utf-8")
+            log.info("created %s from the defaults", self.path)
+        try:
+            self._last_text = self.path.read_text(encoding="utf-8")
+        except OSError:
+            self._last_text = None
+        env = effective_env()
+        try:
+            return load(self.path, env=env, overrides=self.overrides), []
+        except ConfigError as exc:
+            problems = exc.problems
+        try:
+            return load(None, env=env, overrides=self.overrides), problems
+        except ConfigError as exc:
+            return Config(), problems + exc.problems
+
+    def attach(self, controller: Controller, problems: list[str]) -> None:
+        """Start watching the file and tell the Settings page what runs."""
+        self.controller = controller
+        self._watcher.addPath(str(self.path.parent))
+        if self.path.exists():
+            self._watcher.addPath(str(self.path))
+        self.file_problems.emit(problems)
+        self._publish(controller.gateway.config)
+
+    # -- the Settings page's commands -------------------------------------------------------
+
+    def save(self, values: Values) -> asyncio.Task[None]:
+        return self._spawn(self._save(values))
+
+    async def _save(self, values: Values) -> None:
+        # A value the environment or the command line sets is shown in the form as it runs;
+        # left untouched there, it must not be copied into the file.
+        running = values_of(self.controller.gateway.config) if self.controller else {}
+        pinned = {
+            **{k: v for k, v in env_overridden(effective_env()).items()},
+            **{k: "the command line" for k in self.overrides},
+        }
+        values = {k: v for k, v in values.items() if not (k in pinned and v == running.get(k))}
+        try:
+            in_file = await asyncio.to_thread(config_file.save, self.path, values)
+            self._last_text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")
+            self._watch_file()
+            new = load(self.path, env=effective_env(), overrides=self.overrides)
+        except ConfigError as exc:
+            self.status.emit(f"Not saved: {exc.problems[0]}", "error")
+            return
+        except OSError as exc:
+            self.status.emit(f"Could not save: {exc.strerror or exc}", "error")
+            return
+        self.file_problems.emit([])
+        self._apply(new, "Saved")
+        kept = [
+            f"[{s}].{n} ({pinned[(s, n)]})"
+            for (s, n) in pinned
+            if values_of(in_file)[(s, n)] != values_of(new)[(s, n)]
+        ]
+        if kept:
+            # PORT=… in the environment or --port on the command line beat the file.
+            self.status.emit(
+                f"Saved. These are set outside the file and keep their values: {', '.join(kept)}.",
+                "info",
+            )
+
+    def test_connection(self, url: str) -> asyncio.Task[None]:
+        return self._spawn(self._test_connection(url))
+
+    async def _test_connection(self, url: str) -> None:
+        client = OllamaClient(url.strip(), timeout_s=10, connect_timeout_s=3)
+        try:
+            await client.start()
+            version = await client.get_version()
+            names = [m.get("name", "") for m in await client.list_models()]
+        except GatewayError as exc:
+            self.connection_result.emit(False, exc.message)
+            return
+        except ValueError as exc:
+            self.connection_result.emit(False, f"not a usable URL: {exc}")
+            return
+        finally:
+            await client.close()
+        self.connection_result.emit(True, f"Ollama {version} · {len(names)} model(s)")
+        self.models.emit(names)
+
+    async def refresh_models(self) -> None:
+        if self.controller is None:
+            return
+        try:
+            models = await self.controller.gateway.ollama.list_models()
+        except GatewayError:
+            return  # unreachable now: the model field still takes any name
+        self.models.emit([m.get("name", "") for m in models])
+
+    def open_file(self) -> None:
+        from PySide6.QtCore import QUrl
+        from PySide6.QtGui import QDesktopServices
+
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.path)))
+
+    # -- applying ---------------------------------------------------------------------------
+
+    def _apply(self, new: Config, verb: str) -> None:
+        controller = self.controller
+        assert controller is not None
+        changed = changed_keys(controller.gateway.config, new)
+        restart = controller.gateway.apply_config(new)
+        setup_logging(new.logging.level)
+        self._publish(new)
+        live = [k for k in changed if k not in restart]
+        parts = [f"{verb}."]
+        parts.append(f"Applied without a restart: {', '.join(live)}." if live else "")
+        if restart:
+            parts.append(
+                f"Restarting the server for {', '.join(restart)} "
+                f"(now {new.server.host}:{new.server.port})…"
+            )
+            controller.restart_server()
+        elif not changed:
+            parts.append("Nothing changed.")
+        log.info("config %s: %s", verb.lower(), ", ".join(changed) or "no change")
+        self.status.emit(" ".join(p for p in parts if p), "ok")
+        self._spawn(self.refresh_models())
+
+    def _publish(self, config: Config) -> None:
+        self.form_values.emit(values_of(config))
+        self.raw_toml.emit(config.to_toml(), str(self.path))
+
+    # -- outside edits ----------------------------------------------------------------------
+
+    async def _reload_from_disk(self) -> None:
+        self._watch_file()
+        try:
+            text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")
+        except OSError:
+            return  # deleted or mid-rename: the next change event brings it back
+        if text == self._last_text:
+            return  # our own save, or a touch without a change
+        self._last_text = text
+        try:
+            new = load(self.path, env=effective_env(), overrides=self.overrides)
+        except ConfigError as exc:
+            self.file_problems.emit(exc.problems)
+            self.status.emit(
+                f"The config file changed but has errors; still running the last good "
+                f"configuration. First: {exc.problems[0]}",
+                "error",
+            )
+            if self.controller is not None:
+                self.controller.notify.emit("Config file has errors", exc.problems[0])
+            return
+        self.file_problems.emit([])
+        self._apply(new, "Reloaded the edited file")
+
+    def _watch_file(self) -> None:
+        # An atomic save replaces the file, and the watcher loses it: watch the new one.
+        if self.path.exists() and str(self.path) not in self._watcher.files():
+            self._watcher.addPath(str(self.path))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

@@ -1,0 +1,144 @@
+"""One setting's row: its label, its editor in an outline that turns red while the value is
+invalid, the server's message under it, and the help text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QFont, QPainter, QPaintEvent, QPalette, QPen
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QSizePolicy, QVBoxLayout, QWidget
+
+from app.settings import tones
+from app.settings.editors import COMPACT, COMPACT_WIDTH, BoolEditor, Editor
+from server.config import ConfigError, Key, validate_value
+
+OUTLINE = 2  # px around each editor, where the invalid frame is drawn
+WIDE_MAX = 560  # px: a host name or model in a field across the whole window reads poorly
+
+
+class Outline(QWidget):
+    """Holds an editor and frames it in the error colour while `invalid`. Painted rather than
+    styled: a style sheet on a spin box or combo box would replace the platform look."""
+
+    def __init__(self, editor: Editor, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._invalid = False
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(OUTLINE, OUTLINE, OUTLINE, OUTLINE)
+        # A check box keeps its own size: stretched, it would ignore clicks beside its box.
+        if isinstance(editor, BoolEditor):
+            layout.addWidget(editor, 0, Qt.AlignmentFlag.AlignLeft)
+        else:
+            layout.addWidget(editor)
+        self.setSizePolicy(editor.sizePolicy().horizontalPolicy(), QSizePolicy.Policy.Fixed)
+
+    def set_invalid(self, invalid: bool) -> None:
+        if invalid != self._invalid:
+            self._invalid = invalid
+            self.update()
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        if not self._invalid:
+            return
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        painter.setPen(QPen(tones.accent("error"), 2))
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.drawRoundedRect(QRectF(self.rect()).adjusted(1, 1, -1, -1), 4, 4)
+
+
+def _small(label: QLabel) -> None:
+    font = QFont(label.font())
+    font.setPointSizeF(max(7.0, font.pointSizeF() * 0.9))
+    label.setFont(font)
+
+
+class FieldRow:
+    """The widgets of one key, and its validation. `extras` sit beside the editor."""
+
+    def __init__(self, key: Key, editor: Editor, extras: Sequence[QWidget] = ()) -> None:
+        self.key = key
+        self.editor = editor
+        self.compact = isinstance(editor, COMPACT)
+        self._error = ""
+        self._warning = ""
+
+        self.label = QLabel(key.name)
+        self.label.setToolTip(key.help)
+        self.label.setBuddy(editor)
+        self.outline = Outline(editor)
+        self.help = QLabel(key.help)
+        self.help.setWordWrap(True)
+        self.help.setForegroundRole(QPalette.ColorRole.PlaceholderText)
+        _small(self.help)
+        self.note = QLabel()
+        self.note.setTextFormat(Qt.TextFormat.PlainText)  # messages quote values verbatim
+        self.note.setWordWrap(True)
+        self.note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.note.hide()
+
+        # Every row's first line is as tall as a line edit, so labels line up with editors of
+        # any height and the label column reads evenly.
+        line_height = QLineEdit().sizeHint().height() + 2 * OUTLINE
+        self.label.setMinimumHeight(line_height)
+        line = QWidget()
+        line.setMinimumHeight(line_height)
+        self.line_layout = QHBoxLayout(line)
+        self.line_layout.setContentsMargins(0, 0, 0, 0)
+        self.line_layout.setSpacing(8)
+        self.line_layout.addWidget(self.outline, 0 if self.compact else 1)
+        if self.compact:  # one width for all: the help texts beside them line up
+            self.outline.setFixedWidth(COMPACT_WIDTH + 2 * OUTLINE)
+        else:
+            self.outline.setMaximumWidth(WIDE_MAX)
+        for extra in extras:
+            self.line_layout.addWidget(extra, 0, Qt.AlignmentFlag.AlignVCenter)
+        if self.compact:
+            self.line_layout.addWidget(self.help, 1)
+        elif not extras:
+            self.line_layout.addStretch(0)
+        self.body = QWidget()
+        column = QVBoxLayout(self.body)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(1)
+        column.addWidget(line)
+        column.addWidget(self.note)
+        if not self.compact:
+            self.help.setContentsMargins(OUTLINE, 0, 0, 0)
+            column.addWidget(self.help)
+
+    def check(self) -> tuple[Any, str]:
+        """(the validated value, "") or (None, the server's message for what the field holds)."""
+        try:
+            value = validate_value(self.key, self.editor.raw())
+        except ConfigError as exc:
+            return None, exc.problems[0]
+        return (list(value) if isinstance(value, tuple) else value), ""
+
+    def show(self, error: str, warning: str = "") -> None:
+        """Show the error (red) or, failing that, the warning (amber) under the editor."""
+        self._error, self._warning = error, warning
+        self.note.setText(error or warning)
+        self.note.setVisible(bool(error or warning))
+        self.outline.set_invalid(bool(error))
+        self.editor.setProperty("invalid", bool(error))
+        self.refresh_colors()
+
+    def set_changed(self, changed: bool) -> None:
+        """Embolden the label of a key whose value differs from the loaded one."""
+        font = QFont(self.label.font())
+        if font.bold() != changed:
+            font.setBold(changed)
+            self.label.setFont(font)
+
+    def error(self) -> str:
+        return self._error
+
+    def warning(self) -> str:
+        return self._warning
+
+    def refresh_colors(self, background: QPalette | None = None) -> None:
+        """Re-tone the message, for `background` when the palette is changing."""
+        tones.color_text(self.note, "error" if self._error else "warning", background)

@@ -1,0 +1,126 @@
+"""An editable list of strings: a QListWidget with editable rows and Add / Remove buttons."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QBrush, QPalette
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.settings import tones
+
+ItemCheck = Callable[[str], str | None]  # the problem with one entry, or None
+
+
+class ListEditor(QWidget):
+    """Blank rows are ignored and entries are stripped; entries `item_check` rejects are shown in
+    the error colour with the reason as their tooltip."""
+
+    edited = Signal()
+
+    def __init__(self, item_check: ItemCheck | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._item_check = item_check
+        self._marking = False
+        self.list_widget = QListWidget()
+        self.list_widget.setEditTriggers(
+            QAbstractItemView.EditTrigger.DoubleClicked
+            | QAbstractItemView.EditTrigger.EditKeyPressed
+            | QAbstractItemView.EditTrigger.SelectedClicked
+        )
+        self.list_widget.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        rows = self.list_widget.fontMetrics().height() + 8
+        self.list_widget.setMinimumHeight(rows * 3 + 6)
+        self.list_widget.setMaximumHeight(rows * 5 + 6)
+        self.add_button = QPushButton("Add")
+        self.add_button.setToolTip("Add an entry and start editing it")
+        self.remove_button = QPushButton("Remove")
+        self.remove_button.setToolTip("Remove the selected entries")
+        self.remove_button.setEnabled(False)
+
+        buttons = QVBoxLayout()
+        buttons.setSpacing(4)
+        buttons.addWidget(self.add_button)
+        buttons.addWidget(self.remove_button)
+        buttons.addStretch(1)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(6)
+        layout.addWidget(self.list_widget, 1)
+        layout.addLayout(buttons)
+
+        self.add_button.clicked.connect(self.add_entry)
+        self.remove_button.clicked.connect(self.remove_selected)
+        self.list_widget.itemSelectionChanged.connect(self._update_buttons)
+        model = self.list_widget.model()
+        model.rowsInserted.connect(self._on_changed)
+        model.rowsRemoved.connect(self._on_changed)
+        model.dataChanged.connect(self._on_changed)
+
+    # -- the editor interface shared with the other field editors ---------------------------
+
+    def raw(self) -> list[str]:
+        return [text for text in self.entries() if text]
+
+    def set_value(self, value: Sequence[str]) -> None:
+        self.list_widget.clear()
+        for text in value:
+            self._append(str(text))
+
+    # -- list operations --------------------------------------------------------------------
+
+    def entries(self) -> list[str]:
+        """Every row's text, stripped, blanks included."""
+        return [self.list_widget.item(i).text().strip() for i in range(self.list_widget.count())]
+
+    def add_entry(self) -> QListWidgetItem:
+        item = self._append("")
+        self.list_widget.setCurrentItem(item)
+        self.list_widget.editItem(item)
+        return item
+
+    def remove_selected(self) -> None:
+        for item in self.list_widget.selectedItems():
+            self.list_widget.takeItem(self.list_widget.row(item))
+
+    def _append(self, text: str) -> QListWidgetItem:
+        item = QListWidgetItem(text)
+        item.setFlags(item.flags() | Qt.ItemFlag.ItemIsEditable)
+        self.list_widget.addItem(item)
+        return item
+
+    def _update_buttons(self) -> None:
+        self.remove_button.setEnabled(bool(self.list_widget.selectedItems()))
+
+    def _on_changed(self) -> None:
+        if self._marking:
+            return
+        self._mark_problems()
+        self.edited.emit()
+
+    def _mark_problems(self, background: QPalette | None = None) -> None:
+        # Setting colours changes item data, which would land here again: hence the guard.
+        self._marking = True
+        try:
+            bad = QBrush(tones.text_color("error", background or self.palette()))
+            for i in range(self.list_widget.count()):
+                item = self.list_widget.item(i)
+                text = item.text().strip()
+                problem = self._item_check(text) if self._item_check and text else None
+                item.setForeground(bad if problem else QBrush())
+                item.setToolTip(problem or "")
+        finally:
+            self._marking = False
+
+    def refresh_colors(self, background: QPalette) -> None:
+        """Re-tone the marks for a new palette."""
+        self._mark_problems(background)

@@ -1,0 +1,76 @@
+"""Screenshots of the Settings page, valid and with an error, from the real app (offscreen).
+
+Run: QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/settings_screenshots.py [OUTDIR]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import qasync
+from PySide6.QtWidgets import QApplication
+
+from app.companion import Companion
+from app.config_manager import ConfigManager, values_of
+from app.controller import Controller
+from server import config_file, simulator
+from server.config import default_toml, load
+
+
+async def shoot(out: Path) -> None:
+    runner, sim_port = await simulator.start(
+        simulator.SimulatorSettings(models=("llama3.2:latest", "qwen3:4b", "mistral:7b"))
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.toml"
+        path.write_text(default_toml())
+        start = values_of(load(path, env={}))
+        start[("ollama", "api_url")] = f"http://127.0.0.1:{sim_port}"
+        start[("server", "port")] = 8488
+        config_file.save(path, start)
+        manager = ConfigManager(path)
+        config, _problems = manager.load_initial(create=False)
+        controller = Controller(config, path)
+        companion = Companion(controller, tray_available=False, config_manager=manager)
+        task = asyncio.ensure_future(companion.run())
+        await asyncio.sleep(1.5)
+        window = companion.dashboard
+        window.resize(1000, 760)
+        window.show_settings()
+        page = window.settings
+        values = values_of(controller.gateway.config)
+        values[("cache", "max_size_mb")] = 512
+        values[("queue", "max_concurrent")] = 2
+        await manager.save(values)
+        page.test_button.click()
+        await asyncio.sleep(1.0)
+        window.grab().save(str(out / "settings.png"))
+        api = page.field("ollama", "api_url")
+        api.setText("localhost:11434")
+        page.field("ollama", "model").setCurrentText("llama9")
+        page.field("cache", "ttl_seconds").setValue(60)
+        await asyncio.sleep(0.3)
+        window.grab().save(str(out / "settings-error.png"))
+        assert load(path, env={}).cache.max_size_mb == 512
+        companion.quit()
+        await task
+    await runner.cleanup()
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "docs")
+    out.mkdir(parents=True, exist_ok=True)
+    app = QApplication([])
+    with asyncio.Runner(loop_factory=lambda: qasync.QEventLoop(app)) as runner:
+        runner.run(shoot(out))
+    print(f"screenshots in {out}/")
+
+
+if __name__ == "__main__":
+    main()

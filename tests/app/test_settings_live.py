@@ -1,0 +1,185 @@
+"""Settings applied live: through the Settings page, over HTTP, from an editor, and on failure."""
+
+from __future__ import annotations
+
+import socket
+
+import aiohttp
+
+from app.config_manager import values_of
+from tests.conftest import free_port
+
+CHAT = "/api/chat-optimized"
+
+
+async def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
+    async with aiohttp.ClientSession() as s, s.get(url, headers=headers or {}) as r:
+        await r.read()
+        return r.status, dict(r.headers)
+
+
+def save(app, qtbot, **changes) -> None:
+    """Save through the manager what the Settings page's Save would send."""
+    values = values_of(app.controller.gateway.config)
+    for dotted, value in changes.items():
+        section, name = dotted.split("__")
+        values[(section, name)] = value
+    task = app.companion.config_manager.save(values)
+    qtbot.waitUntil(task.done, timeout=5000)
+    task.result()
+
+
+def test_save_from_the_page_applies_cache_queue_and_cors_without_restart(start_app, run, qtbot):
+    app = start_app(tray=True)
+    page = app.companion.dashboard.settings
+    port = app.controller.host.port
+    origin = "http://new-frontend.test:5173"
+    assert run(get(app.url + "/health", {"Origin": origin}))[0] == 403
+
+    page.field("cache", "max_size_mb").setValue(64)
+    page.field("queue", "max_concurrent").setValue(3)
+    origins = page.values()[("cors", "allowed_origins")]
+    page.load({**page.values(), ("cors", "allowed_origins"): (*origins, origin)})
+    page.field("cache", "max_size_mb").setValue(65)  # make the form dirty after load()
+    assert page.save_button.isEnabled()
+    page.save_button.click()
+
+    qtbot.waitUntil(lambda: app.controller.gateway.config.cache.max_size_mb == 65, timeout=5000)
+    gateway = app.controller.gateway
+    assert gateway.cache.stats()["max_size_mb"] == 65
+    assert gateway.queue.max_concurrent == 3
+    status, headers = run(get(app.url + "/health", {"Origin": origin}))
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == origin
+    assert app.controller.host.port == port  # no restart was needed
+    assert app.controller.state == "serving"
+    text = (app.controller.config_path).read_text()
+    assert "max_size_mb = 65  # Memory budget of the response cache, in MiB" in text
+
+
+def test_port_change_restarts_onto_the_new_port(start_app, run, qtbot):
+    old_port, new_port = free_port(), free_port()
+    app = start_app(port=None, server__port=old_port)
+    assert app.controller.host.port == old_port
+    states = []
+    app.controller.state_changed.connect(lambda s, _m: states.append(s))
+    save(app, qtbot, server__port=new_port)
+    qtbot.waitUntil(lambda: states[-2:] == ["starting", "serving"], timeout=10_000)
+    assert app.controller.host.port == new_port
+    assert run(get(f"http://127.0.0.1:{new_port}/health"))[0] == 200
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", old_port)) != 0
+
+
+def test_an_outside_edit_is_picked_up(start_app, qtbot):
+    app = start_app()
+    path = app.controller.config_path
+    text = path.read_text().replace("max_concurrent = 1", "max_concurrent = 4")
+    assert "max_concurrent = 4" in text
+    path.write_text(text)  # as an editor would
+    qtbot.waitUntil(lambda: app.controller.gateway.queue.max_concurrent == 4, timeout=5000)
+    page = app.companion.dashboard.settings
+    qtbot.waitUntil(lambda: page.values()[("queue", "max_concurrent")] == 4, timeout=2000)
+
+
+def test_a_broken_outside_edit_is_reported_and_the_last_good_config_keeps_running(start_app, qtbot):
+    app = start_app()
+    problems: list[list[str]] = []
+    app.companion.config_manager.file_problems.connect(problems.append)
+    path = app.controller.config_path
+    path.write_text(path.read_text().replace("max_size_mb = 256", "max_size_mb = 0"))
+    qtbot.waitUntil(lambda: bool(problems and problems[-1]), timeout=5000)
+    assert problems[-1][0] == "[cache].max_size_mb = 0: must be a whole number 1..65536"
+    assert app.controller.gateway.config.cache.max_size_mb == 256
+    assert app.controller.state == "serving"
+
+
+def test_a_failed_write_leaves_the_file_and_says_so(start_app, qtbot, monkeypatch):
+    app = start_app()
+    path = app.controller.config_path
+    before = path.read_text()
+    statuses: list[tuple[str, str]] = []
+    app.companion.config_manager.status.connect(lambda t, k: statuses.append((t, k)))
+
+    def read_only(*_args, **_kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("server.config_file.os.replace", read_only)
+    values = values_of(app.controller.gateway.config)
+    values[("cache", "max_size_mb")] = 64
+    task = app.companion.config_manager.save(values)
+    qtbot.waitUntil(task.done, timeout=5000)
+    assert statuses[-1][1] == "error"
+    assert "Read-only file system" in statuses[-1][0]
+    assert "left as it was" in statuses[-1][0]
+    assert path.read_text() == before
+    assert app.controller.gateway.config.cache.max_size_mb == 256  # nothing applied
+
+
+def test_test_connection_reports_version_and_models(start_app, qtbot, sim_url):
+    app = start_app()
+    manager = app.companion.config_manager
+    results: list[tuple[bool, str]] = []
+    models: list[list[str]] = []
+    manager.connection_result.connect(lambda ok, text: results.append((ok, text)))
+    manager.models.connect(models.append)
+    task = manager.test_connection(sim_url)
+    qtbot.waitUntil(task.done, timeout=5000)
+    assert results[-1] == (True, "Ollama 0.33.0 · 1 model(s)")
+    assert models[-1] == ["llama3.2:latest"]
+    dead = f"http://127.0.0.1:{free_port()}"
+    task = manager.test_connection(dead)
+    qtbot.waitUntil(task.done, timeout=5000)
+    assert results[-1][0] is False and f"Ollama not reachable at {dead}" in results[-1][1]
+
+
+def test_broken_file_at_start_up_is_shown_in_the_settings_page(start_app, qtbot, tmp_path):
+    app = start_app()
+    page = app.companion.dashboard.settings
+    app.companion.config_manager.file_problems.emit(["[cache].max_size_mb = 0: must be ..."])
+    assert "max_size_mb = 0" in page.file_problems_text()
+
+
+def test_values_set_by_the_environment_are_not_copied_into_the_file(start_app, qtbot, monkeypatch):
+    app = start_app()
+    monkeypatch.setenv("CHATBOT_QUEUE_MAX_CONCURRENT", "3")
+    statuses: list[str] = []
+    app.companion.config_manager.status.connect(lambda t, _k: statuses.append(t))
+    save(app, qtbot, cache__ttl_seconds=600)
+    text = app.controller.config_path.read_text()
+    assert "ttl_seconds = 600" in text
+    assert "max_concurrent = 1" in text  # the file keeps its own value
+    assert app.controller.gateway.queue.max_concurrent == 3  # the environment wins, as at start
+    assert "[queue].max_concurrent (CHATBOT_QUEUE_MAX_CONCURRENT)" in statuses[-1]
+
+
+def test_model_change_takes_effect_on_the_next_chat(start_app, run, qtbot):
+    from server import simulator
+
+    sim, port = run(
+        simulator.start(
+            simulator.SimulatorSettings(
+                tokens=4,
+                token_delay_ms=0,
+                first_token_delay_ms=0,
+                models=("llama3.2:latest", "qwen3:4b"),
+            )
+        )
+    )
+    try:
+        app = start_app(ollama__api_url=f"http://127.0.0.1:{port}")
+
+        async def chat() -> str:
+            async with (
+                aiohttp.ClientSession() as s,
+                s.post(
+                    app.url + CHAT,
+                    json={"messages": [{"role": "user", "content": "hi"}], "stream": False},
+                ) as r,
+            ):
+                return (await r.json())["model"]
+
+        assert run(chat()) == "llama3.2"
+        save(app, qtbot, ollama__model="qwen3:4b", ollama__system_prompt="Be brief.")
+        assert run(chat()) == "qwen3:4b"
+    finally:
+        run(sim.cleanup())
