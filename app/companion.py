@@ -19,7 +19,7 @@ from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 from app.config_manager import ConfigManager
 from app.controller import Controller
 from app.dashboard import DashboardWindow
-from app.icons import state_icon
+from app.icons import app_icon
 from app.single_instance import SingleInstance
 from app.tray import Tray
 from server.config import effective_env
@@ -46,7 +46,7 @@ class Companion:
         if tray_available is None:
             tray_available = QSystemTrayIcon.isSystemTrayAvailable()
         self.dashboard = DashboardWindow()
-        self.dashboard.setWindowIcon(state_icon("serving"))
+        self.dashboard.setWindowIcon(app_icon())
         self.tray = Tray() if tray_available else None
 
         c = controller
@@ -158,6 +158,9 @@ def run(args: argparse.Namespace, argv0: str = APP_ID) -> int:
     app = QApplication.instance() or QApplication([argv0])
     app.setApplicationName(APP_ID)
     app.setApplicationDisplayName("Chatbot Companion")
+    # Lets Wayland docks match the window to the installed desktop entry (and its icon).
+    app.setDesktopFileName(APP_ID)
+    app.setWindowIcon(app_icon())
     app.setQuitOnLastWindowClosed(False)
     instance = SingleInstance()
     if not instance.acquire():

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QPointF, QRectF, Qt
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QIcon, QPainter, QPainterPath, QPen, QPixmap, QPolygonF
+
+APP_ID = "chatbot-companion"
 
 STATE_COLORS = {
     "serving": "#2e9d5b",  # green
@@ -14,6 +19,7 @@ STATE_COLORS = {
 }
 
 _cache: dict[tuple[str, int], QIcon] = {}
+_app_icon: QIcon | None = None
 
 
 def state_icon(state: str, size: int = 64) -> QIcon:
@@ -21,6 +27,37 @@ def state_icon(state: str, size: int = 64) -> QIcon:
     if key not in _cache:
         _cache[key] = QIcon(_draw(STATE_COLORS.get(state, STATE_COLORS["stopped"]), state, size))
     return _cache[key]
+
+
+def app_icon() -> QIcon:
+    """The application icon: the PNG set scripts/make_icons.py renders from resources/icon.svg,
+    or the drawn "serving" bubble where those files are not shipped (e.g. a wheel install)."""
+    global _app_icon
+    if _app_icon is None:
+        _app_icon = _load_app_icon() or state_icon("serving")
+    return _app_icon
+
+
+def _load_app_icon() -> QIcon | None:
+    for resources in _resource_dirs():
+        # icons/hicolor/<N>x<N>/apps/<id>.png: the freedesktop layout the installer copies as is.
+        pngs = sorted((resources / "icons" / "hicolor").glob(f"*/apps/{APP_ID}.png"))
+        if pngs:
+            icon = QIcon()
+            for png in pngs:
+                side = png.parent.parent.name.partition("x")[0]
+                icon.addFile(str(png), QSize(int(side), int(side)) if side.isdigit() else QSize())
+            return icon
+    return None
+
+
+def _resource_dirs() -> list[Path]:
+    # As app.autostart.resource_roots: a PyInstaller bundle's data, then the source tree.
+    dirs = []
+    if getattr(sys, "frozen", False) and hasattr(sys, "_MEIPASS"):
+        dirs.append(Path(sys._MEIPASS) / "resources")
+    dirs.append(Path(__file__).resolve().parents[1] / "resources")
+    return dirs
 
 
 def _draw(color: str, state: str, size: int) -> QPixmap:

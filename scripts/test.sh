@@ -9,6 +9,8 @@ bash scripts/bootstrap.sh test
 # The tests run the frontend's own stream-parsing code under Node, and curl as the guide does.
 command -v node >/dev/null || apt_install nodejs
 command -v curl >/dev/null || apt_install curl
+# desktop-file-validate checks the desktop entry (tests/server/test_packaging_files.py).
+command -v desktop-file-validate >/dev/null || apt_install desktop-file-utils || true
 # Qt's offscreen platform needs a few shared libraries a minimal Debian lacks.
 if ! QT_QPA_PLATFORM=offscreen .venv/bin/python -c \
     "from PySide6.QtWidgets import QApplication; QApplication([])" >/dev/null 2>&1; then

@@ -1,0 +1,502 @@
+"""The shipped packaging files: icons, the desktop entry and its installer, the systemd unit."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import autostart
+from server.lifecycle import ServerHost
+
+ROOT = Path(__file__).resolve().parents[2]
+RESOURCES = ROOT / "resources"
+MAKE_ICONS = ROOT / "scripts" / "make_icons.py"
+INSTALL_DESKTOP = ROOT / "scripts" / "install_desktop.sh"
+UNIT = ROOT / "packaging" / "systemd" / "chatbot-backend.service"
+APP_ID = "chatbot-companion"
+HICOLOR_SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
+ICO_SIZES = (16, 24, 32, 48, 64, 128, 256)
+ICNS_SIZES = {b"ic07": 128, b"ic08": 256, b"ic09": 512, b"ic10": 1024, b"ic11": 32, b"ic12": 64}
+TRAY_STATES = ("serving", "starting", "ollama_down", "failed", "stopped")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux packaging")
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    assert data.startswith(PNG_SIGNATURE), "not a PNG"
+    chunks, pos = [], len(PNG_SIGNATURE)
+    while pos < len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind = data[pos + 4 : pos + 8]
+        chunks.append((kind, data[pos + 8 : pos + 8 + length]))
+        pos += 12 + length  # length, type, data, CRC
+    assert pos == len(data) and chunks[0][0] == b"IHDR" and chunks[-1][0] == b"IEND"
+    return chunks
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from the IHDR chunk; also insists on 8-bit RGBA."""
+    ihdr = png_chunks(data)[0][1]
+    width, height, depth, colour = struct.unpack_from(">IIBB", ihdr)
+    assert (depth, colour) == (8, 6), "expected 8-bit RGBA"
+    return width, height
+
+
+def png_software(data: bytes) -> str | None:
+    for kind, body in png_chunks(data):
+        if kind == b"tEXt" and body.startswith(b"Software\0"):
+            return body.split(b"\0", 1)[1].decode("latin-1")
+    return None
+
+
+def hicolor_png(base: Path, size: int) -> Path:
+    return base / "icons" / "hicolor" / f"{size}x{size}" / "apps" / f"{APP_ID}.png"
+
+
+# --- the committed icons ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", HICOLOR_SIZES)
+def test_hicolor_icon_exists_at_its_size(size):
+    assert png_size(hicolor_png(RESOURCES, size).read_bytes()) == (size, size)
+
+
+@pytest.mark.parametrize("state", TRAY_STATES)
+def test_tray_state_icons_are_64_px(state):
+    assert png_size((RESOURCES / "tray" / f"{state}.png").read_bytes()) == (64, 64)
+
+
+def test_ico_is_a_valid_container_with_every_size():
+    data = (RESOURCES / f"{APP_ID}.ico").read_bytes()
+    reserved, kind, count = struct.unpack_from("<HHH", data)
+    assert (reserved, kind) == (0, 1) and count == len(ICO_SIZES)
+    sizes, end_of_directory = [], 6 + 16 * count
+    spans = []
+    for i in range(count):
+        w, h, colours, res, planes, bpp, length, offset = struct.unpack_from(
+            "<BBBBHHII", data, 6 + 16 * i
+        )
+        w, h = w or 256, h or 256  # 0 stands for 256
+        assert (colours, res, planes, bpp) == (0, 0, 1, 32)
+        assert offset >= end_of_directory and offset + length <= len(data)
+        assert png_size(data[offset : offset + length]) == (w, h)
+        sizes.append(w)
+        spans.append((offset, offset + length))
+    assert sorted(sizes) == list(ICO_SIZES)
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), "entries overlap"
+
+
+def test_icns_is_a_valid_container_with_the_png_sizes():
+    data = (RESOURCES / f"{APP_ID}.icns").read_bytes()
+    magic, total = struct.unpack_from(">4sI", data)
+    assert magic == b"icns" and total == len(data)
+    found, pos = {}, 8
+    while pos < len(data):
+        kind, length = struct.unpack_from(">4sI", data, pos)
+        assert length > 8 and pos + length <= len(data)
+        found[kind] = png_size(data[pos + 8 : pos + length])
+        pos += length
+    assert pos == len(data)
+    assert {b"ic07", b"ic08", b"ic09", b"ic10"} <= found.keys()
+    assert found == {kind: (side, side) for kind, side in ICNS_SIZES.items()}
+
+
+# --- scripts/make_icons.py -------------------------------------------------------------------
+
+
+def _qt_env() -> dict[str, str]:
+    return {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+
+
+@pytest.fixture(scope="module")
+def qt_python() -> str:
+    """The interpreter, once it is known to render with Qt (PySide6 and its system libraries)."""
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from PySide6.QtGui import QGuiApplication; import PySide6.QtSvg; QGuiApplication([])",
+        ],
+        env=_qt_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if probe.returncode != 0:
+        reason = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"PySide6 cannot render here ({reason}); install the gui extra")
+    return sys.executable
+
+
+def _make_icons(python: str, out: Path) -> dict[str, bytes]:
+    subprocess.run(
+        [python, str(MAKE_ICONS), "--out", str(out)],
+        env=_qt_env(),
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def fresh_icons(qt_python, tmp_path_factory) -> dict[str, bytes]:
+    return _make_icons(qt_python, tmp_path_factory.mktemp("icons"))
+
+
+def test_make_icons_is_deterministic(qt_python, fresh_icons, tmp_path):
+    again = _make_icons(qt_python, tmp_path)
+    assert again.keys() == fresh_icons.keys()
+    differing = [name for name in again if again[name] != fresh_icons[name]]
+    assert not differing, f"two runs differ in {differing}"
+
+
+def test_make_icons_writes_every_shipped_file(fresh_icons):
+    expected = {str(hicolor_png(Path(), size)) for size in HICOLOR_SIZES}
+    expected |= {f"{APP_ID}.ico", f"{APP_ID}.icns"}
+    expected |= {f"tray/{state}.png" for state in TRAY_STATES}
+    assert set(fresh_icons) == expected
+    assert all((RESOURCES / name).is_file() for name in expected), "missing from resources/"
+
+
+def test_committed_icons_match_the_svg(fresh_icons):
+    """resources/ holds what make_icons.py renders now (regenerate after editing icon.svg)."""
+    sample = hicolor_png(Path(), 16)
+    made_with = png_software((RESOURCES / sample).read_bytes())
+    here = png_software(fresh_icons[str(sample)])
+    if made_with != here:
+        # Another Qt may antialias differently: byte equality only holds for the same one.
+        pytest.skip(f"resources/ made by {made_with!r}, this is {here!r}")
+    stale = [name for name, data in fresh_icons.items() if (RESOURCES / name).read_bytes() != data]
+    assert not stale, f"run .venv/bin/python scripts/make_icons.py: stale {stale}"
+
+
+def test_qt_reads_every_image_in_the_ico_and_icns(qt_python):
+    script = (
+        "import sys\n"
+        "from PySide6.QtGui import QGuiApplication, QImageReader\n"
+        "app = QGuiApplication([])\n"
+        "for path in sys.argv[1:]:\n"
+        "    r = QImageReader(path)\n"
+        "    sizes = []\n"
+        "    for i in range(r.imageCount()):\n"
+        "        r.jumpToImage(i)\n"
+        "        sizes.append(r.read().width())\n"
+        "    print(' '.join(map(str, sorted(sizes))))\n"
+    )
+    out = subprocess.run(
+        [
+            qt_python,
+            "-c",
+            script,
+            str(RESOURCES / f"{APP_ID}.ico"),
+            str(RESOURCES / f"{APP_ID}.icns"),
+        ],
+        env=_qt_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.splitlines()
+    assert out[0].split() == [str(s) for s in ICO_SIZES]
+    assert out[1].split() == [str(s) for s in sorted(ICNS_SIZES.values())]
+
+
+# --- the desktop entry -----------------------------------------------------------------------
+
+
+def test_autostart_entry_is_the_shipped_template():
+    template = (RESOURCES / f"{APP_ID}.desktop.in").read_text(encoding="utf-8")
+    entry = autostart.desktop_entry(["/opt/chatbot companion/chatbot-companion"])
+    assert entry == template.replace("@EXEC@", '"/opt/chatbot companion/chatbot-companion"')
+    for line in (
+        "Type=Application",
+        "Name=Chatbot Companion",
+        f"Icon={APP_ID}",
+        "Terminal=false",
+        "Categories=Development;Utility;Network;",
+        "StartupNotify=false",
+        "X-GNOME-Autostart-enabled=true",
+    ):
+        assert line in entry.splitlines()
+
+
+def test_exec_field_quotes_as_the_desktop_entry_spec_says():
+    assert autostart.exec_field(["/usr/bin/app", "--flag"]) == "/usr/bin/app --flag"
+    # Reserved characters need double quotes; " ` $ \ inside them a backslash, and then every
+    # backslash is doubled again by the string escape rules; % is doubled to stay literal.
+    assert autostart.exec_field(["/a b/c", "it's", 'x"y', "$v", "a\\b", "50%", ""]) == (
+        '"/a b/c" "it\'s" "x\\\\"y" "\\\\$v" "a\\\\\\\\b" 50%% ""'
+    )
+
+
+def _run_install(args: list[str], data: Path, tmp: Path, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k != "CHATBOT_EXEC"}
+    environ.update(
+        XDG_DATA_HOME=str(data), XDG_CONFIG_HOME=str(tmp / "config"), HOME=str(tmp / "home"), **env
+    )
+    return subprocess.run(
+        ["bash", str(INSTALL_DESKTOP), *args],
+        env=environ,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def launcher(tmp_path) -> Path:
+    # Characters the Exec quoting must survive, in the kind of place a bundle might be unpacked.
+    path = tmp_path / 'my apps $HOME "x" 100%' / APP_ID
+    path.parent.mkdir()
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+@linux_only
+def test_install_desktop_installs_the_entry_and_icons_and_uninstalls_them(tmp_path, launcher):
+    data = tmp_path / "data"
+    result = _run_install([str(launcher)], data, tmp_path)
+    assert result.returncode == 0, result.stderr
+    entry = data / "applications" / f"{APP_ID}.desktop"
+    text = entry.read_text(encoding="utf-8")
+    # The same entry as Start at Login writes, with Exec the given launcher's absolute path.
+    assert text == autostart.desktop_entry([str(launcher)])
+    exec_line = next(line for line in text.splitlines() if line.startswith("Exec="))
+    assert exec_line == f"Exec={autostart.exec_field([str(launcher)])}"
+    assert exec_line.startswith('Exec="/')
+    for size in HICOLOR_SIZES:
+        installed = hicolor_png(data, size)
+        assert installed.read_bytes() == hicolor_png(RESOURCES, size).read_bytes()
+
+    result = _run_install(["--uninstall"], data, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not entry.exists()
+    assert not list(data.rglob(f"{APP_ID}*")), "left behind by --uninstall"
+
+
+@linux_only
+def test_install_desktop_takes_the_launcher_from_the_environment_and_makes_it_absolute(tmp_path):
+    launcher = tmp_path / "dist" / APP_ID / APP_ID
+    launcher.parent.mkdir(parents=True)
+    launcher.write_text("#!/bin/sh\n")
+    launcher.chmod(0o755)
+    data = tmp_path / "data"
+    relative = str(launcher.relative_to(tmp_path))  # the script runs in tmp_path
+    result = _run_install([], data, tmp_path, CHATBOT_EXEC=relative)
+    assert result.returncode == 0, result.stderr
+    text = (data / "applications" / f"{APP_ID}.desktop").read_text(encoding="utf-8")
+    assert f"Exec={launcher}\n" in text
+
+
+@linux_only
+def test_install_desktop_refuses_a_missing_launcher(tmp_path):
+    data = tmp_path / "data"
+    result = _run_install([str(tmp_path / "nothing-here")], data, tmp_path)
+    assert result.returncode == 1 and "no executable launcher" in result.stderr
+    assert not (data / "applications" / f"{APP_ID}.desktop").exists()
+
+
+@linux_only
+@pytest.mark.skipif(not shutil.which("desktop-file-validate"), reason="no desktop-file-validate")
+def test_installed_entry_passes_desktop_file_validate(tmp_path, launcher):
+    data = tmp_path / "data"
+    assert _run_install([str(launcher)], data, tmp_path).returncode == 0
+    entry = data / "applications" / f"{APP_ID}.desktop"
+    result = subprocess.run(
+        ["desktop-file-validate", str(entry)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # Hints are advice (three main categories, as asked for); warnings and errors are not.
+    problems = [line for line in result.stdout.splitlines() if ": hint: " not in line]
+    assert not problems
+
+
+# --- the systemd unit ------------------------------------------------------------------------
+
+
+def unit_settings() -> dict[str, list[str]]:
+    """Key → every value it is given (systemd allows repeats, e.g. SystemCallFilter)."""
+    settings: dict[str, list[str]] = {}
+    for raw in UNIT.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            settings.setdefault(key.strip(), []).append(value.strip())
+    return settings
+
+
+def test_unit_runs_the_server_as_its_own_user_and_restarts_on_failure():
+    s = unit_settings()
+    assert s["User"] == ["chatbot-backend"] and s["Group"] == ["chatbot-backend"]
+    assert "DynamicUser" not in s
+    assert s["ExecStart"] == [
+        "/opt/chatbot-companion/venv/bin/chatbot-backend --config /etc/chatbot-backend/config.toml"
+    ]
+    assert s["Restart"] == ["on-failure"] and s["RestartSec"]
+    assert "PYTHONUNBUFFERED=1" in s["Environment"]
+    assert s["KillSignal"] == ["SIGTERM"]
+    # The drain on SIGTERM, then aiohttp's shutdown bounded by the same time, before SIGKILL.
+    drain = inspect.signature(ServerHost).parameters["drain_seconds"].default
+    stop = re.fullmatch(r"(\d+)s?", s["TimeoutStopSec"][0])
+    assert stop and int(stop.group(1)) > 2 * drain
+
+
+def test_unit_has_the_hardening_directives():
+    s = unit_settings()
+    expected = {
+        "NoNewPrivileges": "yes",
+        "ProtectSystem": "strict",
+        "ProtectHome": "yes",
+        "PrivateTmp": "yes",
+        "PrivateDevices": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectKernelLogs": "yes",
+        "ProtectControlGroups": "yes",
+        "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
+        "RestrictNamespaces": "yes",
+        "LockPersonality": "yes",
+        "MemoryDenyWriteExecute": "yes",
+        "CapabilityBoundingSet": "",
+        "UMask": "0077",
+        "ReadOnlyPaths": "/etc/chatbot-backend",
+    }
+    assert {key: s.get(key, [None])[-1] for key in expected} == expected
+    assert "@system-service" in s["SystemCallFilter"]
+
+
+def _verify_root(tmp_path: Path, unit_text: str) -> Path:
+    """A file system root where the unit's ExecStart exists, for `systemd-analyze --root`."""
+    root = tmp_path / "root"
+    exe = root / "opt" / "chatbot-companion" / "venv" / "bin" / "chatbot-backend"
+    exe.parent.mkdir(parents=True)
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    units = root / "usr" / "lib" / "systemd" / "system"
+    host_units = next(
+        (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()),
+        None,
+    )
+    if host_units is not None:  # the targets the unit is ordered against, as the host has them
+        shutil.copytree(host_units, units, symlinks=True)
+    else:
+        units.mkdir(parents=True)
+        for target in ("sysinit", "basic", "shutdown", "multi-user", "network-online"):
+            (units / f"{target}.target").write_text(f"[Unit]\nDescription={target}\n")
+    dest = root / "etc" / "systemd" / "system" / UNIT.name
+    dest.parent.mkdir(parents=True)
+    dest.write_text(unit_text, encoding="utf-8")
+    return root
+
+
+def _verify(root: Path) -> list[str]:
+    """Problems `systemd-analyze verify` reports about the unit. It exits 0 on unknown keys and
+    bad values and only prints them, so its output counts as much as its exit code."""
+    result = subprocess.run(
+        ["systemd-analyze", "verify", f"--root={root}", UNIT.name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = (result.stdout + result.stderr).splitlines()
+    problems = [line for line in lines if UNIT.name in line]
+    if result.returncode != 0:
+        problems.append(f"exit code {result.returncode}: {lines}")
+    return problems
+
+
+needs_systemd_analyze = pytest.mark.skipif(
+    not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed"
+)
+
+
+@needs_systemd_analyze
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    assert _verify(_verify_root(tmp_path, UNIT.read_text(encoding="utf-8"))) == []
+
+
+@needs_systemd_analyze
+def test_verify_as_run_here_catches_mistakes(tmp_path):
+    """The check above is meaningful: a misspelt value and a missing binary both fail it."""
+    text = UNIT.read_text(encoding="utf-8")
+    bad_value = text.replace("ProtectSystem=strict", "ProtectSystem=stricter")
+    assert any("stricter" in p for p in _verify(_verify_root(tmp_path / "a", bad_value)))
+    root = _verify_root(tmp_path / "b", text)
+    (root / "opt" / "chatbot-companion" / "venv" / "bin" / "chatbot-backend").unlink()
+    assert any("not executable" in p for p in _verify(root))
+
+
+@needs_systemd_analyze
+def test_unit_security_exposure_stays_low(tmp_path):
+    root = _verify_root(tmp_path, UNIT.read_text(encoding="utf-8"))
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", f"--root={root}", UNIT.name],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    if match is None:
+        pytest.skip(f"no offline security analysis here (systemd < 250?): {result.stderr[-200:]}")
+    assert float(match.group(1)) <= 2.0, result.stdout
+
+
+@linux_only
+def test_server_runs_with_memory_deny_write_execute(tmp_path):
+    """MemoryDenyWriteExecute=yes: the interpreter and the C extensions serve HTTP without
+    writable+executable memory, under the kernel's PR_SET_MDWE (what newer systemd uses)."""
+    script = (
+        "import ctypes, os, sys\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN\n"
+        "    sys.exit(77)\n"
+        "os.execv(sys.executable, [sys.executable, '-c', sys.argv[1]])\n"
+    )
+    serve = (
+        "import asyncio, mmap, aiohttp, psutil\n"
+        "from aiohttp import _http_parser, _http_writer, web\n"  # the C parser and writer
+        "from server.config import load\n"
+        "from server.gateway import Gateway\n"
+        "from server.lifecycle import ServerHost\n"
+        "try:\n"
+        "    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
+        "    raise SystemExit('W+X memory was allowed: the restriction is not in force')\n"
+        "except PermissionError:\n"
+        "    pass\n"
+        "async def main():\n"
+        "    config = load(None, env={'CHATBOT_OLLAMA_WARM_UP': 'false'})\n"
+        "    host = ServerHost(Gateway(config), port_override=0)\n"
+        "    await host.start()\n"
+        "    try:\n"
+        "        url = f'http://127.0.0.1:{host.port}'\n"
+        "        async with aiohttp.ClientSession() as s, s.get(url + '/api/cache-stats') as r:\n"
+        "            assert r.status == 200 and 'memory' in await r.json(), r.status\n"
+        "    finally:\n"
+        "        await host.stop()\n"
+        "asyncio.run(main())\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, serve],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode == 77:
+        pytest.skip("the kernel has no PR_SET_MDWE (Linux < 6.3)")
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
