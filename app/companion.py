@@ -16,13 +16,12 @@ from PySide6.QtCore import QStandardPaths, QUrl
 from PySide6.QtGui import QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
-from app.config_manager import ConfigManager
+from app.config_manager import ConfigManager, desktop_env
 from app.controller import Controller
 from app.dashboard import DashboardWindow
 from app.icons import app_icon
 from app.single_instance import SingleInstance
 from app.tray import Tray
-from server.config import effective_env
 from server.logs import setup_logging
 
 log = logging.getLogger("chatbot.ui")
@@ -144,7 +143,7 @@ def user_config_path() -> Path:
 
 def config_manager_for(args: argparse.Namespace) -> ConfigManager:
     """The desktop app's config file: `--config`, $CHATBOT_CONFIG, or the user's own copy."""
-    env = effective_env()
+    env = desktop_env()
     path = Path(args.config or env.get("CHATBOT_CONFIG") or user_config_path())
     overrides = {}
     if args.host is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ from server.config import (
     Config,
     ConfigError,
     default_toml,
-    effective_env,
     env_overridden,
     load,
     registry,
@@ -35,6 +35,16 @@ from server.services.ollama import OllamaClient
 log = logging.getLogger("chatbot.ui")
 
 Values = dict[tuple[str, str], Any]
+
+
+def desktop_env() -> dict[str, str]:
+    """The environment the desktop app's settings read: the process's own, without `.env`.
+
+    The headless server reads `.env` from its working directory (the migration guide's
+    `cp .env.example .env`); the tray app starts in the user's home or wherever the menu puts
+    it, where a `.env` belongs to some other project (PORT=3000 is common) and must not steer it.
+    """
+    return dict(os.environ)
 
 
 def values_of(config: Config) -> Values:
@@ -83,7 +93,7 @@ class ConfigManager(QObject):
             self._last_text = self.path.read_text(encoding="utf-8")
         except OSError:
             self._last_text = None
-        env = effective_env()
+        env = desktop_env()
         try:
             return load(self.path, env=env, overrides=self.overrides), []
         except ConfigError as exc:
@@ -112,7 +122,7 @@ class ConfigManager(QObject):
         # left untouched there, it must not be copied into the file.
         running = values_of(self.controller.gateway.config) if self.controller else {}
         pinned = {
-            **{k: v for k, v in env_overridden(effective_env()).items()},
+            **{k: v for k, v in env_overridden(desktop_env()).items()},
             **{k: "the command line" for k in self.overrides},
         }
         values = {k: v for k, v in values.items() if not (k in pinned and v == running.get(k))}
@@ -120,7 +130,7 @@ class ConfigManager(QObject):
             in_file = await asyncio.to_thread(config_file.save, self.path, values)
             self._last_text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")
             self._watch_file()
-            new = load(self.path, env=effective_env(), overrides=self.overrides)
+            new = load(self.path, env=desktop_env(), overrides=self.overrides)
         except ConfigError as exc:
             self.status.emit(f"Not saved: {exc.problems[0]}", "error")
             return
@@ -216,7 +226,7 @@ class ConfigManager(QObject):
             return  # our own save, or a touch without a change
         self._last_text = text
         try:
-            new = load(self.path, env=effective_env(), overrides=self.overrides)
+            new = load(self.path, env=desktop_env(), overrides=self.overrides)
         except ConfigError as exc:
             self.file_problems.emit(exc.problems)
             self.status.emit(
