@@ -31,6 +31,8 @@ def test_start_at_login_writes_and_removes_the_autostart_entry(qtbot, tmp_path, 
 
 def test_ollama_notices_are_not_repeated_within_a_minute(start_app, qtbot, monkeypatch):
     app = start_app(tray=True)
+    # Until the first probe has answered, reachability is unknown and nothing is told.
+    qtbot.waitUntil(lambda: app.controller._ollama_up is True, timeout=5000)
     notices: list[str] = []
     app.controller.notify.connect(lambda title, _msg: notices.append(title))
     c = app.controller
