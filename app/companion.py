@@ -154,7 +154,8 @@ def config_manager_for(args: argparse.Namespace) -> ConfigManager:
 
 
 def run(args: argparse.Namespace, argv0: str = APP_ID) -> int:
-    app = QApplication.instance() or QApplication([argv0])
+    existing = QApplication.instance()
+    app = existing if isinstance(existing, QApplication) else QApplication([argv0])
     app.setApplicationName(APP_ID)
     app.setApplicationDisplayName("Chatbot Companion")
     # Lets Wayland docks match the window to the installed desktop entry (and its icon).

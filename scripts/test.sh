@@ -18,5 +18,6 @@ if ! QT_QPA_PLATFORM=offscreen .venv/bin/python -c \
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy server app  # --strict, from pyproject
 .venv/bin/python -m pytest tests/server "$@"
 QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest tests/app "$@"

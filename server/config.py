@@ -237,7 +237,8 @@ def registry() -> list[Key]:
     """Every setting, in file order."""
     keys = []
     for section in fields(Config):
-        default_section = section.default_factory()  # type: ignore[misc]
+        factory: Any = section.default_factory  # every section field has a default_factory
+        default_section = factory()
         for f in fields(default_section):
             m = f.metadata
             keys.append(

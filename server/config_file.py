@@ -42,8 +42,8 @@ def render(path: Path, values: dict[tuple[str, str], Any]) -> str:
             if plain == defaults[(section, name)]:
                 continue
             doc[section] = table = tomlkit.table()
-        current = table.get(name)
-        current = current.unwrap() if hasattr(current, "unwrap") else current
+        item: Any = table.get(name)
+        current = item.unwrap() if hasattr(item, "unwrap") else item
         if current is None and plain == defaults[(section, name)]:
             continue
         if current != plain:

@@ -17,7 +17,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import psutil
@@ -183,7 +183,7 @@ class Gateway:
 
     async def _replay(
         self, req: ChatRequest, hit: CachedAnswer, ticket: Ticket
-    ) -> AsyncIterator[ChatEvent]:
+    ) -> AsyncGenerator[ChatEvent, None]:
         timer = Timer()
         record = RequestRecord(req.request_id, req.model, cached=True)
         self._log_hit(req, hit)
@@ -200,7 +200,7 @@ class Gateway:
 
     async def _listen(
         self, req: ChatRequest, gen: Generation, ticket: Ticket
-    ) -> AsyncIterator[ChatEvent]:
+    ) -> AsyncGenerator[ChatEvent, None]:
         timer = Timer()
         record = RequestRecord(req.request_id, req.model)
         listening_since = time.monotonic()

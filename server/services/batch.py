@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -102,11 +103,11 @@ class BulkProcessor:
         self.items += len(group)
         log.info("batch %d: %d item(s) sent to the queue", self.batches, len(group))
         for item, fut in group:
-            task = asyncio.create_task(self._run(item))
+            task: asyncio.Task[Any] = asyncio.ensure_future(self._run(item))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            task.add_done_callback(lambda t, f=fut: _settle(f, t))
-            fut.add_done_callback(lambda f, t=task: t.cancel() if f.cancelled() else None)
+            task.add_done_callback(functools.partial(_settle, fut))
+            fut.add_done_callback(functools.partial(_cancel_if_cancelled, task))
 
     def configure(self, *, max_batch_size: int, batch_timeout_ms: float) -> None:
         self.max_batch_size = max_batch_size
@@ -129,6 +130,11 @@ class BulkProcessor:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+
+def _cancel_if_cancelled(task: asyncio.Task[Any], fut: asyncio.Future[Any]) -> None:
+    if fut.cancelled():
+        task.cancel()  # the bulk request's client left
 
 
 def _settle(fut: asyncio.Future[Any], task: asyncio.Task[Any]) -> None:

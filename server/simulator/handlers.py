@@ -224,14 +224,16 @@ async def _handle_reset(request: web.Request) -> web.Response:
 @web.middleware
 async def _count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
     request.app[SIM_STATS].count_request(request.path)
-    return await handler(request)
+    response: web.StreamResponse = await handler(request)
+    return response
 
 
 @web.middleware
 async def _gin_style_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     # aiohttp's own "404: Not Found" bodies differ from gin's plain-text ones.
     try:
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
     except web.HTTPNotFound:
         return _text_response("404 page not found", 404, "text/plain")
     except web.HTTPMethodNotAllowed:
