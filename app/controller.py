@@ -29,6 +29,8 @@ log = logging.getLogger("chatbot.ui")
 NOTIFY_EVERY_S = 60.0
 # At most this many log lines are handed to the widgets per batch (the tail keeps 500).
 LOG_BATCH_MAX = 200
+# The hit-rate chart shows the rate over this many seconds.
+HIT_RATE_WINDOW_S = 60.0
 # Requests per second are taken over this many seconds.
 _RATE_WINDOW_S = 5.0
 
@@ -57,6 +59,8 @@ class Controller(QObject):
         self.state, self.message = "starting", "Starting…"
         self.config_problems = config_problems or []
         self._rates: deque[tuple[float, int]] = deque()
+        self._lookups: deque[tuple[float, int, int]] = deque()  # (time, hits, misses)
+        self._recent_hit_rate: float | None = None
         self._ollama_up: bool | None = None
         self._last_notice: dict[str, float] = {}
         self._busy: asyncio.Task[None] | None = None
@@ -139,6 +143,7 @@ class Controller(QObject):
         snap["requests_per_s"] = (
             round((snap["requests_total"] - n0) / (now - t0), 2) if now > t0 else 0.0
         )
+        snap["hit_rate_recent"] = self._hit_rate_recent(now, snap["response_cache"])
         snap["api_url"] = self.api_url
         snap["state"] = self.state
         # Rows come in the order requests finished, so they show when they finished.
@@ -153,6 +158,24 @@ class Controller(QObject):
             lines = "\n".join(self.logs.format_line(r) for r in self._pending_lines)
             self._pending_lines.clear()
             self.log_line.emit(lines)
+
+    def _hit_rate_recent(self, now: float, cache: dict[str, Any]) -> float:
+        """Hit rate over the last minute, for the chart (the tile shows it since start).
+
+        A minute without lookups keeps the last value; before any, it is the overall rate.
+        """
+        self._lookups.append((now, cache["hits"], cache["misses"]))
+        while len(self._lookups) > 2 and now - self._lookups[0][0] > HIT_RATE_WINDOW_S:
+            self._lookups.popleft()
+        _, h0, m0 = self._lookups[0]
+        hits, misses = cache["hits"] - h0, cache["misses"] - m0
+        if hits < 0 or misses < 0:  # counters were reset
+            self._lookups.clear()
+        elif hits + misses:
+            self._recent_hit_rate = hits / (hits + misses)
+        if self._recent_hit_rate is None:
+            return float(cache["hit_rate"])
+        return round(self._recent_hit_rate, 4)
 
     def tick(self) -> None:
         snap = self.snapshot()

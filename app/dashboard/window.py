@@ -83,13 +83,16 @@ class DashboardWindow(QMainWindow):
         self.flush_button = QPushButton("Flush Cache")
         self.flush_button.setToolTip("Drop every cached response (asks first)")
         self.restart_button = QPushButton("Restart Server")
-        self.restart_button.setToolTip("Stop the gateway, reload the configuration and start it")
+        self.restart_button.setToolTip(
+            "Rebind the HTTP server; answers in progress get 10 s to finish, the cache and the "
+            "queue are kept"
+        )
         self.flush_button.clicked.connect(self._ask_flush)
         self.restart_button.clicked.connect(self._on_restart)
 
         self.tiles: dict[str, Tile] = {key: Tile(*spec) for key, spec in TILES.items()}
         self.charts: dict[str, Sparkline] = {
-            "hit_rate": Sparkline("Hit rate", fmt.percent, fixed_range=(0.0, 1.0)),
+            "hit_rate": Sparkline("Hit rate, last minute", fmt.percent, fixed_range=(0.0, 1.0)),
             "queue": Sparkline("Queue depth", lambda v: f"{v:,.0f}", floor=0.0, min_span=4.0),
             "memory": Sparkline("Memory", lambda v: f"{fmt.megabytes(v)} MB", min_span=16.0),
         }
@@ -213,7 +216,8 @@ class DashboardWindow(QMainWindow):
         )
         self._render_ollama(ollama)
 
-        self.charts["hit_rate"].add(hit_rate)
+        # The controller's rate over the last minute; the tile keeps the rate since start.
+        self.charts["hit_rate"].add(float(snap.get("hit_rate_recent", hit_rate)))
         self.charts["queue"].add(waiting + active)
         self.charts["memory"].add(rss)
         self._render_recent(snap.get("recent") or [])

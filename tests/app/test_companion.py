@@ -197,3 +197,20 @@ def test_single_instance_second_launch_asks_the_first(qtbot):
     third = SingleInstance(name)
     assert third.acquire()  # free again once the first is gone
     third.release()
+
+
+def test_hit_rate_chart_follows_the_last_minute_not_all_time(start_app, run, qtbot, monkeypatch):
+    monkeypatch.setattr("app.controller.HIT_RATE_WINDOW_S", 0.3)  # a minute in production
+    app = start_app()
+    for text in ("a", "b", "c"):
+        run(chat(app.url, text))  # three misses
+    app.controller.tick()
+    qtbot.wait(400)  # the misses age out of the window
+    app.controller.tick()
+    run(chat(app.url, "a"))
+    run(chat(app.url, "b"))  # two hits
+    snap = app.controller.snapshot()
+    assert snap["response_cache"]["hit_rate"] == 0.4  # 2 of 5 since start: the tile
+    assert snap["hit_rate_recent"] == 1.0  # 2 of 2 lately: the chart
+    app.controller.tick()
+    assert app.companion.dashboard.charts["hit_rate"].values()[-1] == 1.0
