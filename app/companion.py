@@ -22,6 +22,7 @@ from app.dashboard import DashboardWindow
 from app.icons import app_icon
 from app.single_instance import SingleInstance
 from app.tray import Tray
+from server.cli import cli_overrides
 from server.logs import setup_logging
 
 log = logging.getLogger("chatbot.ui")
@@ -145,12 +146,7 @@ def config_manager_for(args: argparse.Namespace) -> ConfigManager:
     """The desktop app's config file: `--config`, $CHATBOT_CONFIG, or the user's own copy."""
     env = desktop_env()
     path = Path(args.config or env.get("CHATBOT_CONFIG") or user_config_path())
-    overrides = {}
-    if args.host is not None:
-        overrides[("server", "host")] = args.host
-    if args.port is not None:
-        overrides[("server", "port")] = args.port
-    return ConfigManager(path, overrides)
+    return ConfigManager(path, cli_overrides(args))
 
 
 def run(args: argparse.Namespace, argv0: str = APP_ID) -> int:

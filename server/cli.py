@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from server import __version__
 from server.config import Config, ConfigError, effective_env, load
@@ -47,14 +48,19 @@ def config_path(arg: str | None, env: dict[str, str]) -> str | None:
     return "config.toml" if Path("config.toml").is_file() else None
 
 
-def load_config(args: argparse.Namespace) -> Config:
-    env = effective_env()
-    overrides = {}
+def cli_overrides(args: argparse.Namespace) -> dict[tuple[str, str], Any]:
+    """--host and --port, as config overrides (both commands take them)."""
+    overrides: dict[tuple[str, str], Any] = {}
     if args.host is not None:
         overrides[("server", "host")] = args.host
     if args.port is not None:
         overrides[("server", "port")] = args.port
-    return load(config_path(args.config, env), env=env, overrides=overrides)
+    return overrides
+
+
+def load_config(args: argparse.Namespace) -> Config:
+    env = effective_env()
+    return load(config_path(args.config, env), env=env, overrides=cli_overrides(args))
 
 
 def main(argv: list[str] | None = None) -> int:

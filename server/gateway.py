@@ -269,11 +269,9 @@ class Gateway:
         record = RequestRecord(
             req.request_id, req.model, cached=True, ttft_ms=0, tokens=hit.eval_count
         )
-        self.recent.append(record)
-        self.requests_total += 1
         ticket = self.tickets.get(req.request_id)
-        if ticket is not None:
-            self.tickets.finish(ticket, "completed")
+        assert ticket is not None  # chat() opened it, and nothing has finished it yet
+        self._finish(record, Timer(), ticket)
         return Done(model=req.model, cached=True, stats=record.stats())
 
     # -- bulk jobs and tickets --------------------------------------------------------------

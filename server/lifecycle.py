@@ -90,8 +90,7 @@ class ServerHost:
     async def _unbind(self) -> None:
         if self._runner is not None:
             runner, self._runner = self._runner, None
-            for site in list(runner.sites):
-                await site.stop()
+            await _stop_listening(runner)
             await self._drain(runner)
 
     async def _drain(self, runner: web.AppRunner) -> None:
@@ -122,8 +121,7 @@ class ServerHost:
             self.gateway.apply_config(config)
         old, self._runner = self._runner, None
         if old is not None:
-            for site in list(old.sites):
-                await site.stop()
+            await _stop_listening(old)
         try:
             await self._bind()
         finally:
@@ -133,3 +131,9 @@ class ServerHost:
     async def stop(self) -> None:
         await self._unbind()
         await self.gateway.close()
+
+
+async def _stop_listening(runner: web.AppRunner) -> None:
+    """Close the listening sockets (the port is free at once); open connections carry on."""
+    for site in list(runner.sites):
+        await site.stop()

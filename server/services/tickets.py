@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from server.errors import Conflict
 from server.services.generation import Generation
@@ -19,14 +18,11 @@ from server.services.queue import GenerationQueue, Priority, QueueEntry, State
 
 log = logging.getLogger("chatbot.queue")
 
-FINAL = ("completed", "cancelled", "expired", "failed")
-
 
 @dataclass(eq=False)
 class Ticket:
     request_id: str
     priority: Priority
-    issued_at: float = field(default_factory=time.monotonic)
     # Before a claim: the place in line reserved by POST /api/chat-queue.
     reservation: QueueEntry | None = None
     # After a claim: the generation the request listens to (maybe shared with others).
