@@ -7,6 +7,7 @@ import json
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,3 +150,18 @@ async def node_frontend(
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     return json.loads(out)
+
+
+def wait_json(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> dict[str, Any]:
+    """GET a JSON URL until a process we started answers it (failing if it exits)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.communicate()[1] if proc.stderr else ""
+            raise AssertionError(f"the process exited ({proc.returncode}): {err}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return json.loads(r.read())
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"{url} never answered")

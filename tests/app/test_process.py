@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_json
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -35,16 +32,8 @@ def launch(tmp_path, *args: str, env: dict[str, str] | None = None) -> subproces
     )
 
 
-def wait_health(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()[1]
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                return json.loads(r.read())
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("the app never answered /health")
+def wait_health(port: int, proc: subprocess.Popen) -> dict:
+    return wait_json(f"http://127.0.0.1:{port}/health", proc, timeout=20.0)
 
 
 def stop(proc: subprocess.Popen) -> tuple[int, str]:

@@ -11,13 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_json
 
 pytestmark = [
     pytest.mark.bundle,
@@ -76,18 +75,6 @@ def sim_url():
     yield url
     proc.terminate()
     proc.wait(10)
-
-
-def wait_json(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the process exited"
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                return json.loads(r.read())
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{url} never answered")
 
 
 def chat(base: str) -> dict:
