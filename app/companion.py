@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import qasync
-from PySide6.QtCore import QStandardPaths, QUrl
-from PySide6.QtGui import QDesktopServices, QGuiApplication
+from PySide6.QtCore import QStandardPaths
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
 from app.config_manager import ConfigManager, desktop_env
@@ -35,9 +35,9 @@ class Companion:
     def __init__(
         self,
         controller: Controller,
+        config_manager: ConfigManager,
         *,
         tray_available: bool | None = None,
-        config_manager: ConfigManager | None = None,
         config_problems: list[str] | None = None,
     ) -> None:
         self.controller = controller
@@ -79,8 +79,7 @@ class Companion:
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.quit)
-        if config_manager is not None:
-            self._wire_settings(config_manager, config_problems or [])
+        self._wire_settings(config_manager, config_problems or [])
 
     def _wire_settings(self, manager: ConfigManager, problems: list[str]) -> None:
         page = self.dashboard.settings
@@ -108,13 +107,8 @@ class Companion:
 
     def open_config(self) -> None:
         """The tray's Open Config: the Settings page, where the file can be opened too."""
-        if self.config_manager is not None:
-            self.show_dashboard()
-            self.dashboard.show_settings()
-            return
-        path = self.controller.config_path
-        if path is not None:
-            QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+        self.show_dashboard()
+        self.dashboard.show_settings()
 
     def quit(self) -> None:
         """Quit, SIGTERM and aboutToQuit all end here: one event the main coroutine awaits."""
@@ -128,8 +122,7 @@ class Companion:
 
     async def run(self) -> None:
         await self.controller.start()
-        if self.config_manager is not None:
-            await self.config_manager.refresh_models()
+        await self.config_manager.refresh_models()
         await self.stopping.wait()
         await self.controller.shutdown()
         if self.tray is not None:
@@ -179,7 +172,7 @@ def run(args: argparse.Namespace, argv0: str = APP_ID) -> int:
         )
     controller = Controller(config, manager.path, config_problems=problems)
     with asyncio.Runner(loop_factory=lambda: qasync.QEventLoop(app)) as runner:
-        companion = Companion(controller, config_manager=manager, config_problems=problems)
+        companion = Companion(controller, manager, config_problems=problems)
         instance.activated.connect(companion.show_dashboard)
         _route_signals(runner.get_loop(), companion)
         runner.run(companion.run())

@@ -37,7 +37,7 @@ async def shoot(out: Path) -> None:
         manager = ConfigManager(path)
         config, _problems = manager.load_initial(create=False)
         controller = Controller(config, path)
-        companion = Companion(controller, tray_available=False, config_manager=manager)
+        companion = Companion(controller, manager, tray_available=False)
         task = asyncio.ensure_future(companion.run())
         await asyncio.sleep(1.5)
         window = companion.dashboard

@@ -87,7 +87,7 @@ def start_app(qtbot, qloop, sim_url, tmp_path) -> Iterator[Callable[..., App]]:
         config_file.save(path, values_of(config))
         manager = ConfigManager(path)
         controller = Controller(config, path, port_override=port, drain_seconds=1)
-        companion = Companion(controller, tray_available=tray, config_manager=manager)
+        companion = Companion(controller, manager, tray_available=tray)
         task = qloop.create_task(companion.run())
         app = App(companion, task)
         apps.append(app)
