@@ -5,8 +5,10 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import sys
+from pathlib import Path
 
-from PySide6.QtCore import QDir, QLockFile, QObject, Signal
+from PySide6.QtCore import QLockFile, QObject, QStandardPaths, Signal
 from PySide6.QtNetwork import QLocalServer, QLocalSocket
 
 log = logging.getLogger("chatbot.ui")
@@ -17,15 +19,31 @@ def instance_name(base: str = "chatbot-companion") -> str:
     return f"{base}-{user}"
 
 
+def runtime_dir() -> Path:
+    """The per-user runtime directory: $XDG_RUNTIME_DIR where set (Qt checks it is the user's
+    own, mode 0700), the platform's equivalent elsewhere. Not /tmp: a lock there is shared by
+    every session of the user, and a test (or a second login) with its own runtime directory
+    must get its own instance."""
+    location = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.RuntimeLocation)
+    path = Path(location) if location else Path.home()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
 class SingleInstance(QObject):
     """acquire() in the first instance; the second calls notify_first() and exits."""
 
     activated = Signal()  # another launch asked us to show ourselves
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, directory: Path | None = None) -> None:
         super().__init__()
         self.name = name or instance_name()
-        self._lock = QLockFile(os.path.join(QDir.tempPath(), f"{self.name}.lock"))
+        where = directory or runtime_dir()
+        self.lock_path = where / f"{self.name}.lock"
+        # On Unix a server name without a slash would land in /tmp: give a path in the same
+        # directory. Windows names a pipe, which is per session already.
+        self.address = self.name if sys.platform == "win32" else str(where / f"{self.name}.sock")
+        self._lock = QLockFile(str(self.lock_path))
         # A lock whose owner died (kill -9) is taken over at once, not after a timeout.
         self._lock.setStaleLockTime(0)
         self._server: QLocalServer | None = None
@@ -33,17 +51,18 @@ class SingleInstance(QObject):
     def acquire(self) -> bool:
         if not self._lock.tryLock(100):
             return False
-        QLocalServer.removeServer(self.name)  # a socket left behind by a crash
+        QLocalServer.removeServer(self.address)  # a socket left behind by a crash
         self._server = QLocalServer(self)
+        self._server.setSocketOptions(QLocalServer.SocketOption.UserAccessOption)
         self._server.newConnection.connect(self._on_connection)
-        if not self._server.listen(self.name):
+        if not self._server.listen(self.address):
             log.warning("single-instance socket failed: %s", self._server.errorString())
         return True
 
     def notify_first(self, timeout_ms: int = 1000) -> bool:
         """Ask the running instance to show its dashboard (before this one's loop runs)."""
         sock = QLocalSocket()
-        sock.connectToServer(self.name)
+        sock.connectToServer(self.address)
         if not sock.waitForConnected(timeout_ms):
             return False
         sock.write(b"show\n")

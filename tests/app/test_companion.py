@@ -183,20 +183,29 @@ def test_streams_keep_flowing_while_the_ui_is_busy(start_app, run, qtbot):
     assert max(gaps) < 0.5, max(gaps)
 
 
-def test_single_instance_second_launch_asks_the_first(qtbot):
+def test_single_instance_second_launch_asks_the_first(qtbot, tmp_path):
     name = f"chatbot-companion-test-{time.monotonic_ns()}"
-    first = SingleInstance(name)
+    first = SingleInstance(name, tmp_path)
     assert first.acquire()
     try:
-        second = SingleInstance(name)
+        assert (tmp_path / f"{name}.lock").exists()
+        second = SingleInstance(name, tmp_path)
         assert not second.acquire()
         with qtbot.waitSignal(first.activated, timeout=3000):
             assert second.notify_first()
     finally:
         first.release()
-    third = SingleInstance(name)
+    third = SingleInstance(name, tmp_path)
     assert third.acquire()  # free again once the first is gone
     third.release()
+
+
+def test_single_instance_lives_in_the_runtime_directory(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    tmp_path.chmod(0o700)
+    instance = SingleInstance()
+    assert instance.lock_path.parent == tmp_path
+    assert instance.address.startswith(str(tmp_path))
 
 
 def test_hit_rate_chart_follows_the_last_minute_not_all_time(start_app, run, qtbot, monkeypatch):

@@ -14,11 +14,20 @@ from tests.conftest import ROOT, free_port, wait_json
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 
+def runtime_dir(tmp_path) -> str:
+    """A per-user runtime directory of the test's own (as $XDG_RUNTIME_DIR: mode 0700), so a
+    companion this user already runs cannot answer for the one under test."""
+    path = tmp_path / "run"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return str(path)
+
+
 def launch(tmp_path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     full = {
         **os.environ,
         "QT_QPA_PLATFORM": "offscreen",
         "XDG_CONFIG_HOME": str(tmp_path / "xdg"),  # the user's config directory
+        "XDG_RUNTIME_DIR": runtime_dir(tmp_path),
         "CHATBOT_OLLAMA_WARM_UP": "false",
         **(env or {}),
     }
@@ -71,9 +80,36 @@ def test_second_launch_hands_over_and_exits_0(tmp_path):
         assert second.returncode == 0
         assert "already running; its dashboard was raised" in err
         assert first.poll() is None
+        # The lock and the socket are in the user's runtime directory, not in /tmp.
+        names = sorted(p.name for p in (tmp_path / "run").iterdir())
+        assert [n for n in names if n.startswith("chatbot-companion-")] == [
+            f"chatbot-companion-{os.getuid()}.lock",
+            f"chatbot-companion-{os.getuid()}.sock",
+        ]
     finally:
         code, _ = stop(first)
     assert code == 0
+
+
+def test_a_companion_in_another_session_does_not_stop_this_one(tmp_path):
+    """Another runtime directory is another session (a second login, a test run beside the
+    user's own tray app): each gets its own instance."""
+    elsewhere, here = tmp_path / "elsewhere", tmp_path / "here"
+    elsewhere.mkdir()
+    here.mkdir()
+    first_port, second_port = free_port(), free_port()
+    first = launch(elsewhere, env={"PORT": str(first_port)})
+    try:
+        wait_health(first_port, first)
+        second = launch(here, env={"PORT": str(second_port)})
+        try:
+            assert wait_health(second_port, second)["version"]
+        finally:
+            code, err = stop(second)
+        assert code == 0, err
+        assert "already running" not in err
+    finally:
+        stop(first)
 
 
 def test_headless_flag_is_the_plain_server(tmp_path):
