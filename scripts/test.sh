@@ -16,8 +16,21 @@ if ! QT_QPA_PLATFORM=offscreen .venv/bin/python -c \
     "from PySide6.QtWidgets import QApplication; QApplication([])" >/dev/null 2>&1; then
   apt_install libglib2.0-0 libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3
 fi
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
-.venv/bin/mypy server app  # --strict, from pyproject
-.venv/bin/python -m pytest tests/server "$@"
-QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest tests/app "$@"
+# Every check runs even when an earlier one failed, so one run shows all that is wrong;
+# the script fails if any did.
+failed=()
+check() {
+  local name=$1
+  shift
+  "$@" || failed+=("$name")
+}
+check "ruff check" .venv/bin/ruff check .
+check "ruff format" .venv/bin/ruff format --check .
+check mypy .venv/bin/mypy server app  # --strict, from pyproject
+check "server tests" .venv/bin/python -m pytest tests/server "$@"
+check "GUI tests" env QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest tests/app "$@"
+if [ ${#failed[@]} -gt 0 ]; then
+  (IFS=,; echo "FAILED: ${failed[*]}" >&2)
+  exit 1
+fi
+echo "All checks passed: ruff, mypy, server tests, GUI tests."
