@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QFontDatabase
+from PySide6.QtGui import QFont, QFontDatabase, QFontMetricsF
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -13,6 +13,28 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+
+
+def is_monospaced(font: QFont) -> bool:
+    """Whether every character takes the same width: what a reader of aligned TOML needs.
+    Measured, not Qt's fixedPitch flag, which is False for some monospaced fonts (Noto Sans Mono
+    through fontconfig's `monospace`)."""
+    metrics = QFontMetricsF(font)
+    widths = {metrics.horizontalAdvance(c * 8) for c in "iM0 ="}
+    return len(widths) == 1
+
+
+def monospace_font() -> QFont:
+    """The system's fixed-width font; where that is not monospaced after all, the first
+    installed family that is."""
+    font = QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont)
+    if is_monospaced(font):
+        return font
+    for family in QFontDatabase.families():
+        candidate = QFont(family, font.pointSize())
+        if QFontDatabase.isFixedPitch(family) and is_monospaced(candidate):
+            return candidate
+    return font  # none installed: the best there is
 
 
 class RawView(QWidget):
@@ -34,7 +56,7 @@ class RawView(QWidget):
         self.text_edit = QPlainTextEdit()
         self.text_edit.setReadOnly(True)
         self.text_edit.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
-        self.text_edit.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.text_edit.setFont(monospace_font())
         self.text_edit.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.text_edit.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         self.text_edit.setAccessibleName("Effective configuration (TOML)")

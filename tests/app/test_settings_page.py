@@ -571,7 +571,9 @@ def test_raw_view_shows_the_toml_read_only_with_its_path(qtbot: QtBot, page: Set
     assert view.text() == toml
     assert view.path_label.text() == "/home/ada/.config/chatbot-companion/config.toml"
     assert view.text_edit.isReadOnly()
-    assert view.text_edit.font().fixedPitch() or view.text_edit.fontInfo().fixedPitch()
+    # What the reader sees: every character as wide as the next, so the TOML lines up.
+    metrics = view.text_edit.fontMetrics()
+    assert len({metrics.horizontalAdvance(c * 10) for c in "iM0 =[]"}) == 1
     with qtbot.waitSignal(page.open_file_requested, timeout=1000):
         view.open_button.click()
 
