@@ -402,26 +402,51 @@ def parse_env_value(key: Key, text: str) -> Any:
     return text
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """What `load_lenient` found: the configuration that can run, and what was wrong."""
+
+    config: Config
+    problems: list[str]
+    # Keys whose value in the file could not be used (the default, or the environment's value,
+    # runs instead), each with its problem: the Settings page marks them.
+    bad_keys: dict[tuple[str, str], str]
+    # The file could not be read or parsed at all: nothing of it is in `config`.
+    broken: bool = False
+
+
 def load(
     path: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[tuple[str, str], Any] | None = None,
 ) -> Config:
     """Build the effective configuration; raise ConfigError listing every problem found."""
+    result = load_lenient(path, env, overrides)
+    if result.problems:
+        raise ConfigError(result.problems)
+    return result.config
+
+
+def load_lenient(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, str], Any] | None = None,
+) -> Loaded:
+    """Like `load`, but a value that cannot be used is reported and skipped, not fatal: each
+    key takes the highest layer (file, environment, command line) whose value is valid, else
+    its default. So one bad value in a file does not throw away the port, the URL and the rest.
+    The desktop app starts this way; the headless server refuses to start on any problem."""
     env = os.environ if env is None else env
     keys = {(k.section, k.name): k for k in registry()}
-    values: dict[tuple[str, str], Any] = {}
     problems: list[str] = []
+    from_file: dict[tuple[str, str], Any] = {}
+    broken = False
 
     if path is not None:
-        try:
-            doc = tomlkit.parse(Path(path).read_text(encoding="utf-8")).unwrap()
-        except FileNotFoundError:
-            raise ConfigError([f"config file {os.fspath(path)} not found"]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError([f"config file {os.fspath(path)} cannot be read: {exc}"]) from None
-        except tomlkit.exceptions.ParseError as exc:
-            raise ConfigError([f"config file {os.fspath(path)} is not valid TOML: {exc}"]) from None
+        doc, problem = _read_toml(path)
+        if problem:
+            problems.append(problem)
+            broken = True
         for section, table in doc.items():
             if not isinstance(table, dict):
                 problems.append(
@@ -440,7 +465,7 @@ def load(
                         f"[{section}].{name}: unknown key (keys of [{section}] are {known})"
                     )
                     continue
-                values[(section, name)] = value
+                from_file[(section, name)] = value
 
     by_env: dict[tuple[str, str], tuple[str, str]] = {}
     for alias, target in ENV_ALIASES.items():
@@ -456,27 +481,48 @@ def load(
             )
             continue
         by_env[(match.section, match.name)] = (var, text)
-    for target, (_var, text) in by_env.items():
-        values[target] = parse_env_value(keys[target], text)
 
-    if overrides:
-        values.update(overrides)
+    layers: list[tuple[dict[tuple[str, str], Any], str | None]] = [
+        (from_file, None),
+        ({t: parse_env_value(keys[t], text) for t, (_, text) in by_env.items()}, "env"),
+        (dict(overrides or {}), None),
+    ]
+    valid: dict[tuple[str, str], Any] = {}
+    bad_keys: dict[tuple[str, str], str] = {}
+    for layer, kind in layers:
+        for target, value in layer.items():
+            try:
+                valid[target] = validate_value(keys[target], value)
+            except ConfigError as exc:
+                msg = exc.problems[0]
+                if kind == "env":
+                    msg = f"{msg} (from {by_env[target][0]})"
+                elif layer is from_file:
+                    bad_keys[target] = msg
+                problems.append(msg)
 
     section_values: dict[str, dict[str, Any]] = {s: {} for s in _sections()}
-    for (section, name), value in values.items():
-        try:
-            section_values[section][name] = validate_value(keys[(section, name)], value)
-        except ConfigError as exc:
-            origin = next((v for t, (v, _) in by_env.items() if t == (section, name)), None)
-            msg = exc.problems[0]
-            problems.append(f"{msg} (from {origin})" if origin else msg)
-    if problems:
-        raise ConfigError(problems)
+    for (section, name), value in valid.items():
+        section_values[section][name] = value
     base = Config()
-    return replace(
+    config = replace(
         base,
         **{s: replace(getattr(base, s), **vals) for s, vals in section_values.items() if vals},
     )
+    return Loaded(config, problems, bad_keys, broken)
+
+
+def _read_toml(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str | None]:
+    """The file's tables, or {} and why it cannot be used."""
+    where = os.fspath(path)
+    try:
+        return tomlkit.parse(Path(path).read_text(encoding="utf-8")).unwrap(), None
+    except FileNotFoundError:
+        return {}, f"config file {where} not found"
+    except (OSError, UnicodeDecodeError) as exc:
+        return {}, f"config file {where} cannot be read: {exc}"
+    except tomlkit.exceptions.ParseError as exc:
+        return {}, f"config file {where} is not valid TOML: {exc}"
 
 
 def _sections() -> list[str]:

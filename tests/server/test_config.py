@@ -165,3 +165,38 @@ def test_readme_config_table_is_generated_from_the_registry():
 def test_shipped_config_toml_is_generated_from_the_registry():
     # The desktop app writes default_toml() as a user's first config file: the same text.
     assert (ROOT / "config.toml").read_text() == cfg.default_toml()
+
+
+def test_lenient_load_keeps_the_files_good_values_and_names_the_bad_ones(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[server]\nport = 9123\n[ollama]\napi_url = 'http://gpu.lan:11434'\n"
+        "[cache]\nttl_seconds = -5\nmax_size_mb = 64\nwhat = 1\n"
+    )
+    result = cfg.load_lenient(path, env={"CHATBOT_QUEUE_MAX_CONCURRENT": "0"})
+    conf = result.config
+    assert (conf.server.port, conf.ollama.api_url, conf.cache.max_size_mb) == (
+        9123,
+        "http://gpu.lan:11434",
+        64,
+    )
+    assert conf.cache.ttl_seconds == 3600  # the default stands in for -5
+    assert conf.queue.max_concurrent == 1  # and for the environment's bad value
+    assert result.bad_keys == {
+        ("cache", "ttl_seconds"): "[cache].ttl_seconds = -5: must be a whole number 1..31536000"
+    }
+    assert not result.broken
+    assert len(result.problems) == 3
+    assert any(p.startswith("[cache].what: unknown key") for p in result.problems)
+    assert any(p.endswith("(from CHATBOT_QUEUE_MAX_CONCURRENT)") for p in result.problems)
+    with pytest.raises(cfg.ConfigError):  # the strict loader the headless server uses
+        cfg.load(path, env={})
+
+
+def test_lenient_load_of_a_file_that_is_not_toml_runs_on_defaults_and_environment(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[server\nport = 1")
+    result = cfg.load_lenient(path, env={"PORT": "9000"})
+    assert result.broken
+    assert result.config == cfg.Config(server=cfg.ServerSection(port=9000))
+    assert "is not valid TOML" in result.problems[0]

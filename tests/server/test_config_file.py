@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import errno
+import os
+import stat
 
 import pytest
 
 from server import config as cfg
-from server.config_file import ConfigWriteError, render, save
+from server.config_file import BrokenConfigFile, ConfigWriteError, render, save
 from tests.conftest import ROOT
 
 USER_FILE = """\
@@ -90,8 +92,42 @@ def test_write_failure_leaves_the_old_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "config.toml.bak"]
 
 
-def test_broken_file_is_replaced_from_the_default_only_on_save(tmp_path):
+def test_a_file_that_is_not_toml_is_never_replaced_without_confirmation(tmp_path):
     path = tmp_path / "config.toml"
-    path.write_text("[server\nport = 1")
+    path.write_text("[server\nport = 1")  # a hand edit gone wrong
+    with pytest.raises(BrokenConfigFile) as info:
+        save(path, {("server", "port"): 9000})
+    assert str(path) in str(info.value) and "not valid TOML" in str(info.value)
+    assert path.read_text() == "[server\nport = 1"
+    assert not (tmp_path / "config.toml.bak").exists()
+    # Confirmed: the documented default with the value in it; the broken text kept as .bak.
+    conf = save(path, {("server", "port"): 9000}, replace_broken=True)
+    assert conf.server.port == 9000
+    assert "port = 9000" in path.read_text() and "[ollama]" in path.read_text()
+    assert (tmp_path / "config.toml.bak").read_text() == "[server\nport = 1"
+
+
+def test_no_file_yet_starts_from_the_default(tmp_path):
+    path = tmp_path / "new" / "config.toml"
     text = render(path, {("server", "port"): 9000})
     assert "port = 9000" in text and "[ollama]" in text
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o600, 0o640])
+def test_save_keeps_the_files_permissions(tmp_path, mode):
+    path = tmp_path / "config.toml"
+    path.write_text(USER_FILE)
+    path.chmod(mode)
+    save(path, {("cache", "max_size_mb"): 64})
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+    assert "max_size_mb = 64" in path.read_text()
+
+
+def test_a_new_file_gets_the_umasks_permissions(tmp_path):
+    path = tmp_path / "config.toml"
+    old = os.umask(0o022)
+    try:
+        save(path, {("cache", "max_size_mb"): 64})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
