@@ -36,8 +36,8 @@ ICNS_TYPES = (
 )
 TRAY_STATES = ("serving", "starting", "ollama_down", "failed", "stopped")
 TRAY_SIZE = 64
-# Stamped into every PNG: the test compares the committed files with a fresh render only when
-# they were made by the same Qt, whose antialiasing may change between releases.
+# Stamped into every PNG to say which Qt drew it. The test compares the committed files with a
+# fresh render pixel by pixel, with a small tolerance: this text and the encoding do not count.
 SOFTWARE = f"scripts/make_icons.py, Qt {qVersion()}"
 
 
