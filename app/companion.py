@@ -23,6 +23,7 @@ from app.icons import app_icon
 from app.single_instance import SingleInstance
 from app.tray import Tray
 from server.cli import cli_overrides
+from server.config import Loaded
 from server.logs import setup_logging
 
 log = logging.getLogger("chatbot.ui")
@@ -38,7 +39,7 @@ class Companion:
         config_manager: ConfigManager,
         *,
         tray_available: bool | None = None,
-        config_problems: list[str] | None = None,
+        loaded: Loaded | None = None,
     ) -> None:
         self.controller = controller
         self.config_manager = config_manager
@@ -79,21 +80,24 @@ class Companion:
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(self.quit)
-        self._wire_settings(config_manager, config_problems or [])
+        self._wire_settings(config_manager, loaded)
 
-    def _wire_settings(self, manager: ConfigManager, problems: list[str]) -> None:
+    def _wire_settings(self, manager: ConfigManager, loaded: Loaded | None) -> None:
         page = self.dashboard.settings
         manager.form_values.connect(page.load)
+        manager.flagged.connect(page.set_flagged)
         manager.raw_toml.connect(page.set_raw_toml)
         manager.status.connect(page.set_status)
         manager.file_problems.connect(page.set_file_problems)
+        manager.confirm_replace.connect(page.confirm_replace)
         manager.connection_result.connect(page.show_connection_result)
         manager.models.connect(page.set_models)
         page.save_requested.connect(manager.save)
+        page.replace_requested.connect(lambda values: manager.save(values, replace_broken=True))
         page.test_connection_requested.connect(manager.test_connection)
         page.open_file_requested.connect(manager.open_file)
-        manager.attach(self.controller, problems)
-        if problems:
+        manager.attach(self.controller, loaded)
+        if loaded is not None and loaded.problems:
             # Start-up with a broken file: say so where the person will look first.
             self.dashboard.show_settings()
 
@@ -162,17 +166,20 @@ def run(args: argparse.Namespace, argv0: str = APP_ID) -> int:
         return 0
     manager = config_manager_for(args)
     # The user's own copy is created from the default on first run; a --config file is not.
-    config, problems = manager.load_initial(
-        create=not (args.config or os.environ.get("CHATBOT_CONFIG"))
-    )
-    setup_logging(config.logging.level)
-    for problem in problems:
-        log.error(
-            "config error: %s (running on defaults; %s is left as it is)", problem, manager.path
+    loaded = manager.load_initial(create=not (args.config or os.environ.get("CHATBOT_CONFIG")))
+    setup_logging(loaded.config.logging.level)
+    for problem in loaded.problems:
+        log.error("config error: %s", problem)
+    if loaded.problems:
+        runs_on = (
+            "the built-in defaults"
+            if loaded.broken
+            else "the file's other values, with defaults for the bad ones"
         )
-    controller = Controller(config, manager.path, config_problems=problems)
+        log.error("running on %s; %s is left as it is", runs_on, manager.path)
+    controller = Controller(loaded.config, manager.path, config_problems=loaded.problems)
     with asyncio.Runner(loop_factory=lambda: qasync.QEventLoop(app)) as runner:
-        companion = Companion(controller, manager, config_problems=problems)
+        companion = Companion(controller, manager, loaded=loaded)
         instance.activated.connect(companion.show_dashboard)
         _route_signals(runner.get_loop(), companion)
         runner.run(companion.run())

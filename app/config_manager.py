@@ -6,6 +6,11 @@ level); a new host or port restarts the server, after saying so. An edit made in
 the app runs is picked up: applied when valid, reported (first the key, value and reason) when
 not, and the last good configuration keeps running. Nothing here blocks the loop: file reads and
 writes run in a worker thread.
+
+At start-up a file with a bad value is not thrown away: the app runs on the file's other values
+(defaults stand in for the bad ones, which the Settings page marks), and a Save writes only what
+the user edited plus the marked keys. A file that is not TOML at all runs on the defaults and is
+never overwritten until the user confirms it on the page.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from server import config_file
 from server.config import (
     Config,
     ConfigError,
+    Loaded,
     default_toml,
     env_overridden,
-    load,
+    load_lenient,
     registry,
 )
 from server.errors import GatewayError
@@ -56,9 +62,32 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     return [f"[{s}].{n}" for (s, n) in a if a[(s, n)] != b[(s, n)]]
 
 
+def problems_title(loaded: Loaded, *, live: bool) -> str:
+    """What runs while the file has errors: said as it is, not as one might hope."""
+    if live:
+        return (
+            "The config file changed but has errors; still running the configuration it had before:"
+        )
+    if loaded.broken:
+        return (
+            "The config file cannot be used; running on the built-in defaults "
+            "(and settings from the environment or command line):"
+        )
+    if loaded.bad_keys:
+        return (
+            "The config file has errors; running on its other values, with the default for "
+            "each value below (marked in the form):"
+        )
+    return "The configuration has errors; what is listed below is ignored:"
+
+
 class ConfigManager(QObject):
     status = Signal(str, str)  # text, kind (info, ok, error)
-    file_problems = Signal(list)  # the file's errors; [] when it is fine
+    file_problems = Signal(list, str)  # the file's errors ([] when it is fine), a title
+    # {(section, name): problem}: keys whose value in the file is not used; a Save writes them.
+    flagged = Signal(object)
+    # The file is not TOML: a Save was refused until the user confirms replacing it.
+    confirm_replace = Signal(str)
     # object, not dict: Qt would turn a dict into a map with string keys only.
     form_values = Signal(object)  # {(section, name): value}, what the Settings form shows
     raw_toml = Signal(str, str)  # effective TOML, path
@@ -71,6 +100,7 @@ class ConfigManager(QObject):
         self.overrides = overrides or {}
         self.controller: Controller | None = None
         self._last_text: str | None = None
+        self._loaded: Loaded | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._watcher = QFileSystemWatcher(self)
         self._debounce = QTimer(self)
@@ -82,9 +112,10 @@ class ConfigManager(QObject):
 
     # -- start-up ---------------------------------------------------------------------------
 
-    def load_initial(self, *, create: bool) -> tuple[Config, list[str]]:
-        """The configuration to start with, and the file's problems (then running on defaults
-        and the environment, and the file is left as it is). Runs before the loop does."""
+    def load_initial(self, *, create: bool) -> Loaded:
+        """The configuration to start with and what is wrong with it: bad values are skipped
+        (their defaults run), a file that is not TOML gives the defaults; the file is left as
+        it is either way. Runs before the loop does."""
         if create and not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.path.write_text(default_toml(), encoding="utf-8")
@@ -93,31 +124,32 @@ class ConfigManager(QObject):
             self._last_text = self.path.read_text(encoding="utf-8")
         except OSError:
             self._last_text = None
-        env = desktop_env()
-        try:
-            return load(self.path, env=env, overrides=self.overrides), []
-        except ConfigError as exc:
-            problems = exc.problems
-        try:
-            return load(None, env=env, overrides=self.overrides), problems
-        except ConfigError as exc:
-            return Config(), problems + exc.problems
+        self._loaded = load_lenient(self.path, env=desktop_env(), overrides=self.overrides)
+        return self._loaded
 
-    def attach(self, controller: Controller, problems: list[str]) -> None:
-        """Start watching the file and tell the Settings page what runs."""
+    def attach(self, controller: Controller, loaded: Loaded | None = None) -> None:
+        """Start watching the file and tell the Settings page what runs and what is wrong."""
         self.controller = controller
         self._watcher.addPath(str(self.path.parent))
         if self.path.exists():
             self._watcher.addPath(str(self.path))
-        self.file_problems.emit(problems)
+        loaded = loaded or self._loaded
         self._publish(controller.gateway.config)
+        if loaded is not None and loaded.problems:
+            self.file_problems.emit(loaded.problems, problems_title(loaded, live=False))
+            self.flagged.emit(dict(loaded.bad_keys))
+        else:
+            self.file_problems.emit([], "")
 
     # -- the Settings page's commands -------------------------------------------------------
 
-    def save(self, values: Values) -> asyncio.Task[None]:
-        return self._spawn(self._save(values))
+    def save(self, values: Values, *, replace_broken: bool = False) -> asyncio.Task[None]:
+        """Write `values` (the keys the user edited, and the marked ones) into the file; every
+        other key keeps what the file says. `replace_broken`: the user confirmed replacing a
+        file that is not TOML (its text is kept as .bak)."""
+        return self._spawn(self._save(values, replace_broken))
 
-    async def _save(self, values: Values) -> None:
+    async def _save(self, values: Values, replace_broken: bool = False) -> None:
         # A value the environment or the command line sets is shown in the form as it runs;
         # left untouched there, it must not be copied into the file.
         running = values_of(self.controller.gateway.config) if self.controller else {}
@@ -127,17 +159,35 @@ class ConfigManager(QObject):
         }
         values = {k: v for k, v in values.items() if not (k in pinned and v == running.get(k))}
         try:
-            in_file = await asyncio.to_thread(config_file.save, self.path, values)
+            in_file = await asyncio.to_thread(
+                config_file.save, self.path, values, replace_broken=replace_broken
+            )
             self._last_text = await asyncio.to_thread(self.path.read_text, encoding="utf-8")
             self._watch_file()
-            new = load(self.path, env=desktop_env(), overrides=self.overrides)
+            loaded = load_lenient(self.path, env=desktop_env(), overrides=self.overrides)
+        except config_file.BrokenConfigFile as exc:
+            message = (
+                f"Not saved: {exc.path} is not valid TOML ({exc.reason}). Saving would replace "
+                f"all of its text: open it in the editor to fix it, or replace it with the "
+                f"settings shown here (its text is kept as {exc.path.name}.bak)."
+            )
+            log.warning("config not saved: %s is not valid TOML (%s)", exc.path, exc.reason)
+            self.status.emit(message, "error")
+            self.confirm_replace.emit(message)
+            return
         except ConfigError as exc:
             self.status.emit(f"Not saved: {exc.problems[0]}", "error")
             return
         except OSError as exc:
             self.status.emit(f"Could not save: {exc.strerror or exc}", "error")
             return
-        self.file_problems.emit([])
+        new = loaded.config
+        self._loaded = loaded
+        # What the file holds now is valid; what the environment sets may still not be.
+        self.file_problems.emit(
+            loaded.problems, problems_title(loaded, live=False) if loaded.problems else ""
+        )
+        self.flagged.emit({})
         self._apply(new, "Saved")
         kept = [
             f"[{s}].{n} ({pinned[(s, n)]})"
@@ -225,20 +275,24 @@ class ConfigManager(QObject):
         if text == self._last_text:
             return  # our own save, or a touch without a change
         self._last_text = text
-        try:
-            new = load(self.path, env=desktop_env(), overrides=self.overrides)
-        except ConfigError as exc:
-            self.file_problems.emit(exc.problems)
+        loaded = load_lenient(self.path, env=desktop_env(), overrides=self.overrides)
+        if loaded.problems:
+            for problem in loaded.problems:
+                log.warning("config file %s changed but has errors: %s", self.path, problem)
+            self.file_problems.emit(loaded.problems, problems_title(loaded, live=True))
+            self.flagged.emit(dict(loaded.bad_keys))
             self.status.emit(
-                f"The config file changed but has errors; still running the last good "
-                f"configuration. First: {exc.problems[0]}",
+                f"The config file changed but has errors; still running the configuration it "
+                f"had before. First: {loaded.problems[0]}",
                 "error",
             )
             if self.controller is not None:
-                self.controller.notify.emit("Config file has errors", exc.problems[0])
+                self.controller.notify.emit("Config file has errors", loaded.problems[0])
             return
-        self.file_problems.emit([])
-        self._apply(new, "Reloaded the edited file")
+        self._loaded = loaded
+        self.file_problems.emit([], "")
+        self.flagged.emit({})
+        self._apply(loaded.config, "Reloaded the edited file")
 
     def _watch_file(self) -> None:
         # An atomic save replaces the file, and the watcher loses it: watch the new one.

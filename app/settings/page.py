@@ -33,7 +33,7 @@ log = logging.getLogger("chatbot.ui")
 
 KeyId = tuple[str, str]
 URL_WIDTH = 340
-FILE_PROBLEMS_TITLE = "The config file has errors; running on the last good values:"
+FILE_PROBLEMS_TITLE = "The config file has errors:"
 
 
 def _heading(text: str) -> QLabel:
@@ -47,7 +47,11 @@ def _heading(text: str) -> QLabel:
 
 class SettingsPage(QWidget):
     # object, not dict: a dict signal goes through QVariantMap, which takes string keys only.
-    save_requested = Signal(object)  # {(section, name): validated value} for every key
+    # {(section, name): validated value} for the keys to write: those edited, and those whose
+    # value in the file is marked as not used. Every other key keeps what the file says.
+    save_requested = Signal(object)
+    # The same, after the user confirmed replacing a file that is not TOML.
+    replace_requested = Signal(object)
     test_connection_requested = Signal(str)  # the Ollama URL in the form
     open_file_requested = Signal()
     dirty_changed = Signal(bool)
@@ -63,9 +67,19 @@ class SettingsPage(QWidget):
         self._models: list[str] | None = None  # None: not known yet, so no warning
         self._connection_kind: str | None = None
         self._rows: dict[KeyId, FieldRow] = {}
+        self._flagged: dict[KeyId, str] = {}
 
         self.status = Notice()
         self.file_problems = Notice()
+        # Under the problems: what the user can do about a broken file.
+        self.open_file_button = QPushButton("Open in editor")
+        self.open_file_button.setToolTip("Open the configuration file in the system's text editor")
+        self.replace_button = QPushButton("Replace the file")
+        self.replace_button.setToolTip(
+            "Write the settings shown here over the file that cannot be read "
+            "(its old text is kept as a .bak beside it)"
+        )
+        self.file_actions = QWidget()
         self.test_button = QPushButton("Test connection")
         self.test_button.setToolTip("Ask the Ollama server at this URL for its version and models")
         self.connection_result = QLabel()
@@ -93,6 +107,8 @@ class SettingsPage(QWidget):
         self.defaults_button.clicked.connect(self.restore_defaults)
         self.test_button.clicked.connect(self._on_test)
         self.raw_view.open_requested.connect(self.open_file_requested)
+        self.open_file_button.clicked.connect(self.open_file_requested)
+        self.replace_button.clicked.connect(self._on_replace)
         self.load(self._defaults)
 
     # -- construction -----------------------------------------------------------------------
@@ -144,8 +160,16 @@ class SettingsPage(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(12, 12, 12, 8)
         layout.setSpacing(8)
+        actions = QHBoxLayout(self.file_actions)
+        actions.setContentsMargins(0, 0, 0, 0)
+        actions.addStretch(1)
+        actions.addWidget(self.open_file_button)
+        actions.addWidget(self.replace_button)
+        self.replace_button.hide()
+        self.file_actions.hide()
         layout.addWidget(self.status)
         layout.addWidget(self.file_problems)
+        layout.addWidget(self.file_actions)
         layout.addWidget(scroll, 1)
         layout.addLayout(buttons)
 
@@ -173,6 +197,17 @@ class SettingsPage(QWidget):
         # What the widgets show (a float rounded to the spin box's decimals, say) is "clean".
         self._clean = self.values()
         self._update_state()
+
+    def set_flagged(self, flagged: dict[KeyId, str]) -> None:
+        """Mark the keys whose value in the file is not used (each with its problem): the form
+        shows what runs instead, and a Save writes that, so they count as unsaved changes."""
+        self._flagged = {k: v for k, v in flagged.items() if k in self._rows}
+        for row in self._rows.values():
+            self._validate(row)
+        self._update_state()
+
+    def flagged(self) -> dict[KeyId, str]:
+        return dict(self._flagged)
 
     def values(self) -> dict[KeyId, Any]:
         """What the form holds now: typed where it parses, the text as typed where not."""
@@ -212,13 +247,22 @@ class SettingsPage(QWidget):
             kind = "info"
         self.status.set_message(text, kind)
 
-    def set_file_problems(self, problems: list[str]) -> None:
-        """The errors of the config file on disk; an empty list hides the box."""
+    def set_file_problems(self, problems: list[str], title: str = "") -> None:
+        """The errors of the configuration, under a title saying what runs instead; an empty
+        list hides the box."""
         if problems:
             body = "\n".join(f"• {p}" for p in problems)
-            self.file_problems.set_message(body, "error", FILE_PROBLEMS_TITLE)
+            self.file_problems.set_message(body, "error", title or FILE_PROBLEMS_TITLE)
         else:
             self.file_problems.set_message("", "error")
+            self.replace_button.hide()
+        self.file_actions.setVisible(bool(problems))
+
+    def confirm_replace(self, message: str) -> None:
+        """A Save was refused because the file is not TOML: offer to replace it."""
+        self.file_problems.set_message(message, "error", "The config file is not valid TOML")
+        self.replace_button.show()
+        self.file_actions.show()
 
     def status_text(self) -> str:
         return self.status.text()
@@ -259,7 +303,14 @@ class SettingsPage(QWidget):
     def _validate(self, row: FieldRow) -> None:
         _value, error = row.check()
         warning = ""
-        if not error and isinstance(row.editor, ModelEditor):
+        flag = self._flagged.get((row.key.section, row.key.name))
+        if not error and flag:
+            # "[cache].ttl_seconds = -5: must be a whole number 1..31536000"
+            value, _, rule = flag.partition(" = ")[2].rpartition(": ")
+            warning = (
+                f"The file's value {value} is not used ({rule}): this one runs, and Save writes it."
+            )
+        elif not error and isinstance(row.editor, ModelEditor):
             warning = self._model_warning(row.editor.raw().strip())
         row.show(error, warning)
         if row.key is self._url_key:
@@ -276,7 +327,7 @@ class SettingsPage(QWidget):
 
     def _update_state(self) -> None:
         current = self.values()
-        changed = [k for k, v in current.items() if v != self._clean.get(k)]
+        changed = [k for k, v in current.items() if v != self._clean.get(k) or k in self._flagged]
         for k, row in self._rows.items():
             row.set_changed(k in changed)
         invalid = [row.key.dotted for row in self._rows.values() if row.error()]
@@ -298,16 +349,33 @@ class SettingsPage(QWidget):
             self._dirty = dirty
             self.dirty_changed.emit(dirty)
 
-    def _on_save(self) -> None:
+    def changed_values(self) -> dict[KeyId, Any] | None:
+        """The validated values of the keys a Save writes; None while a field is invalid."""
         out: dict[KeyId, Any] = {}
+        current = self.values()
         for k, row in self._rows.items():
             value, error = row.check()
-            if error:  # the button is disabled then; this guards a programmatic click
+            if error:
                 log.warning("settings: not saving, %s", error)
-                return
-            out[k] = value
-        log.info("settings: save requested")
+                return None
+            if current[k] != self._clean.get(k) or k in self._flagged:
+                out[k] = value
+        return out
+
+    def _on_save(self) -> None:
+        out = self.changed_values()
+        if out is None:  # the button is disabled then; this guards a programmatic click
+            return
+        log.info("settings: save requested (%s)", ", ".join(f"[{s}].{n}" for s, n in out))
         self.save_requested.emit(out)
+
+    def _on_replace(self) -> None:
+        out = self.changed_values()
+        if out is None:
+            return
+        log.info("settings: replacing the config file that is not TOML")
+        self.replace_button.hide()
+        self.replace_requested.emit(out)
 
     def _on_test(self) -> None:
         if self._url_key is None:

@@ -75,19 +75,39 @@ class App:
 def start_app(qtbot, qloop, sim_url, tmp_path) -> Iterator[Callable[..., App]]:
     apps: list[App] = []
 
-    def start(*, tray: bool = False, port: int | None = 0, **overrides: Any) -> App:
-        """port: 0 binds any free port (the default); None uses the config's port."""
+    def start(
+        *, tray: bool = False, port: int | None = 0, file_text: str | None = None, **overrides: Any
+    ) -> App:
+        """port: 0 binds any free port (the default); None uses the config's port.
+
+        file_text: start as the app does from a user's file holding this text (loaded with
+        the simulator's URL pinned as if from the command line); else from the shipped default
+        with `overrides` saved in it."""
         overrides.setdefault("ollama__api_url", sim_url)
         overrides.setdefault("ollama__warm_up", False)
         overrides.setdefault("ollama__probe_interval_seconds", 1)
-        config = make_config(**overrides)
-        # The user's file says what runs: the shipped default with these values saved in it.
         path = tmp_path / "config.toml"
-        path.write_text(default_toml())
-        config_file.save(path, values_of(config))
-        manager = ConfigManager(path)
-        controller = Controller(config, path, port_override=port, drain_seconds=1)
-        companion = Companion(controller, manager, tray_available=tray)
+        loaded = None
+        if file_text is None:
+            config = make_config(**overrides)
+            # The user's file says what runs: the shipped default with these values in it.
+            path.write_text(default_toml())
+            config_file.save(path, values_of(config))
+            manager = ConfigManager(path)
+        else:
+            path.write_text(file_text)
+            pins = {tuple(k.split("__")): v for k, v in overrides.items()}
+            manager = ConfigManager(path, pins)  # type: ignore[arg-type]
+            loaded = manager.load_initial(create=False)
+            config = loaded.config
+        controller = Controller(
+            config,
+            path,
+            port_override=port,
+            drain_seconds=1,
+            config_problems=loaded.problems if loaded else None,
+        )
+        companion = Companion(controller, manager, tray_available=tray, loaded=loaded)
         task = qloop.create_task(companion.run())
         app = App(companion, task)
         apps.append(app)

@@ -149,4 +149,6 @@ def test_broken_config_file_still_starts_and_is_left_alone(tmp_path):
         code, err = stop(proc)
     assert code == 0
     assert "config error: [cache].max_size_mb = 0" in err
+    # Said as it is: the file's other values run, not "the last good" or "the defaults".
+    assert "running on the file's other values, with defaults for the bad ones" in err
     assert path.read_text() == "[cache]\nmax_size_mb = 0\n"

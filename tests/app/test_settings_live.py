@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import stat
 
 import aiohttp
+import tomlkit
 
 from app.config_manager import values_of
+from server.config import default_toml
 from tests.conftest import free_port
 
 CHAT = "/api/chat-optimized"
@@ -39,8 +43,8 @@ def test_save_from_the_page_applies_cache_queue_and_cors_without_restart(start_a
     page.field("cache", "max_size_mb").setValue(64)
     page.field("queue", "max_concurrent").setValue(3)
     origins = page.values()[("cors", "allowed_origins")]
-    page.load({**page.values(), ("cors", "allowed_origins"): (*origins, origin)})
-    page.field("cache", "max_size_mb").setValue(65)  # make the form dirty after load()
+    page.field("cors", "allowed_origins").set_value([*origins, origin])
+    page.field("cache", "max_size_mb").setValue(65)
     assert page.save_button.isEnabled()
     page.save_button.click()
 
@@ -81,16 +85,25 @@ def test_an_outside_edit_is_picked_up(start_app, qtbot):
     qtbot.waitUntil(lambda: page.values()[("queue", "max_concurrent")] == 4, timeout=2000)
 
 
-def test_a_broken_outside_edit_is_reported_and_the_last_good_config_keeps_running(start_app, qtbot):
+def test_a_broken_outside_edit_is_reported_and_the_last_good_config_keeps_running(
+    start_app, qtbot, caplog
+):
     app = start_app()
+    page = app.companion.dashboard.settings
     problems: list[list[str]] = []
-    app.companion.config_manager.file_problems.connect(problems.append)
+    app.companion.config_manager.file_problems.connect(lambda p, _title: problems.append(p))
     path = app.controller.config_path
+    caplog.set_level(logging.INFO, logger="chatbot")
     path.write_text(path.read_text().replace("max_size_mb = 256", "max_size_mb = 0"))
     qtbot.waitUntil(lambda: bool(problems and problems[-1]), timeout=5000)
     assert problems[-1][0] == "[cache].max_size_mb = 0: must be a whole number 1..65536"
     assert app.controller.gateway.config.cache.max_size_mb == 256
     assert app.controller.state == "serving"
+    # The page says what runs, the field is marked, and the log has it at warning level.
+    assert "still running the configuration it had before" in page.file_problems_text()
+    assert "The file's value 0 is not used" in page.field_warning("cache", "max_size_mb")
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("[cache].max_size_mb = 0" in r.getMessage() for r in warned)
 
 
 def test_a_failed_write_leaves_the_file_and_says_so(start_app, qtbot, monkeypatch):
@@ -132,11 +145,89 @@ def test_test_connection_reports_version_and_models(start_app, qtbot, sim_url):
     assert results[-1][0] is False and f"Ollama not reachable at {dead}" in results[-1][1]
 
 
-def test_broken_file_at_start_up_is_shown_in_the_settings_page(start_app, qtbot, tmp_path):
-    app = start_app()
+def _file_values(text: str) -> dict[tuple[str, str], object]:
+    doc = tomlkit.parse(text).unwrap()
+    return {(s, n): v for s, table in doc.items() for n, v in table.items()}
+
+
+def test_a_bad_value_at_start_up_keeps_the_files_other_values_and_a_save_only_the_edit(
+    start_app, qtbot
+):
+    port = free_port()
+    user_text = (
+        default_toml()
+        .replace("port = 8080", f"port = {port}")
+        .replace('model = "llama3.2"', 'model = "qwen3:4b"')
+        .replace("max_size_mb = 256", "max_size_mb = 64")
+        .replace("ttl_seconds = 3600", "ttl_seconds = -5")
+        .replace("max_queue_size = 100", "max_queue_size = 7")
+    )
+    app = start_app(port=None, file_text=user_text)
     page = app.companion.dashboard.settings
-    app.companion.config_manager.file_problems.emit(["[cache].max_size_mb = 0: must be ..."])
-    assert "max_size_mb = 0" in page.file_problems_text()
+    config = app.controller.gateway.config
+    # It runs on the file's values, with the default only where the file is wrong...
+    assert app.controller.host.port == port
+    assert (config.ollama.model, config.cache.max_size_mb, config.queue.max_queue_size) == (
+        "qwen3:4b",
+        64,
+        7,
+    )
+    assert config.cache.ttl_seconds == 3600
+    # ...and the page says so, shows those values and marks the bad one.
+    problems = page.file_problems_text()
+    assert "running on its other values, with the default for each value below" in problems
+    assert "[cache].ttl_seconds = -5" in problems
+    assert page.field("server", "port").value() == port
+    assert page.field("cache", "max_size_mb").value() == 64
+    assert "The file's value -5 is not used" in page.field_warning("cache", "ttl_seconds")
+    assert page.save_button.isEnabled()  # the marked value is an unsaved change
+
+    page.field("queue", "max_concurrent").setValue(2)
+    page.save_button.click()
+    qtbot.waitUntil(lambda: app.controller.gateway.queue.max_concurrent == 2, timeout=5000)
+    after = app.controller.config_path.read_text()
+    before_values, after_values = _file_values(user_text), _file_values(after)
+    changed = {k for k in before_values if before_values[k] != after_values[k]}
+    assert changed == {("queue", "max_concurrent"), ("cache", "ttl_seconds")}
+    assert after_values[("cache", "ttl_seconds")] == 3600  # the value shown, now valid
+    assert after_values[("server", "port")] == port  # every other key keeps its value
+    assert after_values[("ollama", "api_url")] == "http://localhost:11434"  # not the pinned one
+    assert page.file_problems_text() == ""
+    assert page.field_warning("cache", "ttl_seconds") == ""
+    assert not page.save_button.isEnabled()
+
+
+def test_a_file_that_is_not_toml_is_left_untouched_until_the_user_confirms(start_app, qtbot):
+    broken = "[server\nport = 9000\n# a hand edit gone wrong\n"
+    app = start_app(file_text=broken)
+    page = app.companion.dashboard.settings
+    path = app.controller.config_path
+    assert app.controller.gateway.config.cache.max_size_mb == 256  # the defaults run
+    assert "cannot be used; running on the built-in defaults" in page.file_problems_text()
+    assert page.open_file_button.isVisibleTo(page)
+    assert not page.replace_button.isVisibleTo(page)
+
+    page.field("queue", "max_concurrent").setValue(3)
+    page.save_button.click()
+    qtbot.waitUntil(lambda: page.replace_button.isVisibleTo(page), timeout=5000)
+    assert path.read_text() == broken  # not a byte changed
+    assert "not valid TOML" in page.status_text()
+    assert app.controller.gateway.queue.max_concurrent == 1  # nothing applied
+
+    page.replace_button.click()  # the user confirms
+    qtbot.waitUntil(lambda: app.controller.gateway.queue.max_concurrent == 3, timeout=5000)
+    assert _file_values(path.read_text())[("queue", "max_concurrent")] == 3
+    assert path.with_name("config.toml.bak").read_text() == broken
+    assert page.file_problems_text() == ""
+
+
+def test_a_save_keeps_the_files_permissions(start_app, qtbot):
+    app = start_app()
+    path = app.controller.config_path
+    path.chmod(0o644)
+    save(app, qtbot, cache__ttl_seconds=600)
+    assert "ttl_seconds = 600" in path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_values_set_by_the_environment_are_not_copied_into_the_file(start_app, qtbot, monkeypatch):

@@ -76,6 +76,11 @@ def page(qtbot: QtBot) -> SettingsPage:
     return p
 
 
+def edits(values: dict[KeyId, Any]) -> dict[KeyId, Any]:
+    """What a Save of a form holding `values` writes: only what differs from what runs."""
+    return {k: v for k, v in values.items() if v != RUNNING.get(k)}
+
+
 def saved(qtbot: QtBot, page: SettingsPage) -> dict[KeyId, Any]:
     assert page.save_button.isEnabled()
     with qtbot.waitSignal(page.save_requested, timeout=1000) as blocker:
@@ -199,7 +204,7 @@ def test_checkbox_edit_is_saved(qtbot: QtBot, page: SettingsPage) -> None:
     assert isinstance(box, QCheckBox) and not box.isChecked()
     qtbot.mouseClick(box, Qt.MouseButton.LeftButton)
     assert page.values()[("cache", "enabled")] is True
-    assert saved(qtbot, page) == {**RUNNING, ("cache", "enabled"): True}
+    assert saved(qtbot, page) == {("cache", "enabled"): True}  # only the edit
 
 
 def test_spin_box_edits_typed_and_stepped_are_saved(qtbot: QtBot, page: SettingsPage) -> None:
@@ -224,7 +229,7 @@ def test_spin_box_edits_typed_and_stepped_are_saved(qtbot: QtBot, page: Settings
     }
     assert page.values() == expected
     out = saved(qtbot, page)
-    assert out == expected
+    assert out == edits(expected)
     assert type(out[("server", "port")]) is int
     assert type(out[("ollama", "timeout_seconds")]) is float
 
@@ -264,7 +269,7 @@ def test_text_and_choice_edits_are_saved(qtbot: QtBot, page: SettingsPage) -> No
         ("ollama", "model"): "mistral",
     }
     assert page.values() == expected
-    assert saved(qtbot, page) == expected
+    assert saved(qtbot, page) == edits(expected)
 
 
 def test_origin_list_add_edit_and_remove(qtbot: QtBot, page: SettingsPage) -> None:
@@ -553,14 +558,33 @@ def test_file_problems_are_listed_in_a_box(page: SettingsPage) -> None:
         "[cache].max_size_mb = 0: must be a whole number 1..65536",
         "[cors].allowed_origins = [\"<script>\"]: '<script>' is not an origin",
     ]
-    page.set_file_problems(problems)
+    page.set_file_problems(problems, "The config file has errors; running on its other values:")
     assert page.file_problems.isVisible()
+    assert page.open_file_button.isVisible()  # what to do about it, right there
     text = page.file_problems_text()
-    assert text.startswith("The config file has errors; running on the last good values:")
+    assert text.startswith("The config file has errors; running on its other values:")
     for problem in problems:
         assert f"• {problem}" in text  # verbatim: plain text, not HTML
     page.set_file_problems([])
     assert not page.file_problems.isVisible()
+    assert not page.open_file_button.isVisible()
+
+
+def test_a_marked_key_counts_as_a_change_and_is_saved_with_the_edits(
+    qtbot: QtBot, page: SettingsPage
+) -> None:
+    page.set_flagged({("cache", "ttl_seconds"): "[cache].ttl_seconds = -5: must be 1..31536000"})
+    assert page.field_warning("cache", "ttl_seconds") == (
+        "The file's value -5 is not used (must be 1..31536000): this one runs, and Save writes it."
+    )
+    assert page.save_button.isEnabled()
+    page.field("queue", "max_concurrent").setValue(5)
+    assert saved(qtbot, page) == {
+        ("queue", "max_concurrent"): 5,
+        ("cache", "ttl_seconds"): RUNNING[("cache", "ttl_seconds")],
+    }
+    page.set_flagged({})
+    assert page.field_warning("cache", "ttl_seconds") == ""
 
 
 def test_raw_view_shows_the_toml_read_only_with_its_path(qtbot: QtBot, page: SettingsPage) -> None:
