@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
@@ -12,6 +13,10 @@ from app import autostart
 from app.icons import state_icon
 
 TITLE = "Chatbot Companion"
+# How long a notification shows before the next one may take its place.
+MESSAGE_MS = 8000
+# Notifications waiting their turn; older ones are dropped past this.
+MESSAGE_BACKLOG = 4
 
 
 def tooltip_text(snap: dict[str, Any]) -> str:
@@ -62,6 +67,13 @@ class Tray(QObject):
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._on_activated)
         self.state = "starting"
+        # A tray shows one message at a time and a new one replaces it at once: queue them, so
+        # "Configuration problem" is not wiped a second later by "Ollama unreachable".
+        self._showing: tuple[str, str] | None = None
+        self._waiting: deque[tuple[str, str]] = deque(maxlen=MESSAGE_BACKLOG)
+        self._message_timer = QTimer(self)
+        self._message_timer.setSingleShot(True)
+        self._message_timer.timeout.connect(self._show_next)
 
     def show(self) -> None:
         self.icon.show()
@@ -84,13 +96,33 @@ class Tray(QObject):
         self.icon.setToolTip(tooltip_text(snap))
 
     def show_message(self, title: str, message: str) -> None:
+        """Show it now, or after the one on screen has had its time."""
+        if (title, message) == self._showing or (title, message) in self._waiting:
+            return
+        if self._showing is None:
+            self._display(title, message)
+        else:
+            self._waiting.append((title, message))
+
+    def showing(self) -> tuple[str, str] | None:
+        """The notification on screen (title, message), if any."""
+        return self._showing
+
+    def _display(self, title: str, message: str) -> None:
         critical = self.state == "failed"
         kind = (
             QSystemTrayIcon.MessageIcon.Critical
             if critical
             else QSystemTrayIcon.MessageIcon.Information
         )
-        self.icon.showMessage(title, message, kind, 8000)
+        self._showing = (title, message)
+        self.icon.showMessage(title, message, kind, MESSAGE_MS)
+        self._message_timer.start(MESSAGE_MS)
+
+    def _show_next(self) -> None:
+        self._showing = None
+        if self._waiting:
+            self._display(*self._waiting.popleft())
 
     def _on_activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
         if reason in (

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from app import autostart
+from app import autostart, tray
 from app.tray import Tray
 
 
@@ -57,3 +57,18 @@ def test_port_in_use_is_notified(start_app, qtbot):
         assert app.companion.tray.state == "failed"
         headline = app.companion.tray.menu.actions()[0].text()
         assert headline == "Server not running: open the dashboard"
+
+
+def test_a_notification_is_not_replaced_before_it_has_been_read(qtbot, monkeypatch):
+    monkeypatch.setattr(tray, "MESSAGE_MS", 200)  # 8 s in the app
+    icon = Tray()
+    config = ("Configuration problem", "[cache].ttl_seconds = -5: must be ...")
+    ollama = ("Ollama unreachable", "Ollama at http://localhost:11434 does not answer")
+    icon.show_message(*config)
+    icon.show_message(*ollama)  # a second later, as at start-up with Ollama down
+    icon.show_message(*ollama)  # a repeat waits once, not twice
+    assert icon.showing() == config
+    qtbot.wait(100)
+    assert icon.showing() == config  # still there: not wiped by the next one
+    qtbot.waitUntil(lambda: icon.showing() == ollama, timeout=2000)
+    qtbot.waitUntil(lambda: icon.showing() is None, timeout=2000)
