@@ -166,14 +166,12 @@ class ConfigManager(QObject):
             self._watch_file()
             loaded = load_lenient(self.path, env=desktop_env(), overrides=self.overrides)
         except config_file.BrokenConfigFile as exc:
-            message = (
-                f"Not saved: {exc.path} is not valid TOML ({exc.reason}). Saving would replace "
-                f"all of its text: open it in the editor to fix it, or replace it with the "
-                f"settings shown here (its text is kept as {exc.path.name}.bak)."
-            )
             log.warning("config not saved: %s is not valid TOML (%s)", exc.path, exc.reason)
-            self.status.emit(message, "error")
-            self.confirm_replace.emit(message)
+            self.status.emit(f"Not saved: {exc.path} was left as it is.", "error")
+            self.confirm_replace.emit(
+                f"{exc.path}: {exc.reason}.\nOpen it in the editor to fix it, or replace it with "
+                f"the settings shown here (its text is kept as {exc.path.name}.bak)."
+            )
             return
         except ConfigError as exc:
             self.status.emit(f"Not saved: {exc.problems[0]}", "error")

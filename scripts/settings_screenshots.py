@@ -1,4 +1,5 @@
-"""Screenshots of the Settings page, valid and with an error, from the real app (offscreen).
+"""Screenshots of the Settings page (valid, with an error, and started from a file with a bad
+value) from the real app (offscreen).
 
 Run: QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/settings_screenshots.py [OUTDIR]
 """
@@ -35,9 +36,9 @@ async def shoot(out: Path) -> None:
         start[("server", "port")] = 8488
         config_file.save(path, start)
         manager = ConfigManager(path)
-        config, _problems = manager.load_initial(create=False)
-        controller = Controller(config, path)
-        companion = Companion(controller, manager, tray_available=False)
+        loaded = manager.load_initial(create=False)
+        controller = Controller(loaded.config, path)
+        companion = Companion(controller, manager, tray_available=False, loaded=loaded)
         task = asyncio.ensure_future(companion.run())
         await asyncio.sleep(1.5)
         window = companion.dashboard
@@ -58,6 +59,25 @@ async def shoot(out: Path) -> None:
         await asyncio.sleep(0.3)
         window.grab().save(str(out / "settings-error.png"))
         assert load(path, env={}).cache.max_size_mb == 512
+        companion.quit()
+        await task
+        companion.dashboard.close()
+        # Started from a file with one bad value: the rest of it runs, the bad key is marked.
+        path.write_text(path.read_text().replace("ttl_seconds = 3600", "ttl_seconds = -5"))
+        manager = ConfigManager(path)
+        loaded = manager.load_initial(create=False)
+        controller = Controller(loaded.config, path, port_override=0)
+        companion = Companion(controller, manager, tray_available=False, loaded=loaded)
+        task = asyncio.ensure_future(companion.run())
+        await asyncio.sleep(1.5)
+        window = companion.dashboard
+        window.resize(1000, 760)
+        window.show_settings()
+        page = window.settings
+        row = page.field("cache", "ttl_seconds")
+        page.scroll_area.ensureWidgetVisible(row, 0, 200)
+        await asyncio.sleep(0.3)
+        window.grab().save(str(out / "settings-file-problems.png"))
         companion.quit()
         await task
     await runner.cleanup()

@@ -260,7 +260,9 @@ class SettingsPage(QWidget):
 
     def confirm_replace(self, message: str) -> None:
         """A Save was refused because the file is not TOML: offer to replace it."""
-        self.file_problems.set_message(message, "error", "The config file is not valid TOML")
+        self.file_problems.set_message(
+            message, "error", "The config file is not valid TOML: a Save would replace all of it"
+        )
         self.replace_button.show()
         self.file_actions.show()
 

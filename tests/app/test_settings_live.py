@@ -211,7 +211,8 @@ def test_a_file_that_is_not_toml_is_left_untouched_until_the_user_confirms(start
     page.save_button.click()
     qtbot.waitUntil(lambda: page.replace_button.isVisibleTo(page), timeout=5000)
     assert path.read_text() == broken  # not a byte changed
-    assert "not valid TOML" in page.status_text()
+    assert "Not saved" in page.status_text()
+    assert "not valid TOML: a Save would replace all of it" in page.file_problems_text()
     assert app.controller.gateway.queue.max_concurrent == 1  # nothing applied
 
     page.replace_button.click()  # the user confirms
