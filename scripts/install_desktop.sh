@@ -58,6 +58,44 @@ refresh_caches() {
   fi
 }
 
+# The Python interpreter a pip-made launcher $1 runs: its virtual environment's, else the one its
+# #! line names; nothing for other launchers (a PyInstaller bundle is a binary).
+launcher_python() {
+  local dir line=""
+  dir=$(dirname "$1")
+  if [ -f "$dir/../pyvenv.cfg" ] && [ -x "$dir/python" ]; then
+    printf '%s\n' "$dir/python"
+    return
+  fi
+  [ "$(head -c 2 "$1")" = '#!' ] || return 0
+  IFS= read -r line <"$1" || true
+  line=${line#\#!}
+  case $line in /*python*) [ -x "$line" ] && printf '%s\n' "$line" ;; esac
+  return 0
+}
+
+# Refuse a launcher that would not start the desktop app, before anything is installed: the menu
+# entry would do nothing on a double-click, and say why only in the session's journal.
+check_launcher() {
+  local launcher=$1 python out
+  python=$(launcher_python "$launcher")
+  if [ -n "$python" ]; then
+    # `--version` would pass: it answers before the app imports Qt.
+    out=$("$python" -c 'import PySide6.QtWidgets, qasync' 2>&1 </dev/null) ||
+      die "$launcher cannot start the desktop app:
+  $python cannot import PySide6 and qasync ($(printf '%s\n' "$out" | tail -n 1)).
+  Install the gui extra into that environment: bash scripts/bootstrap.sh gui for this
+  checkout's .venv (or pip install -e '.[gui]' with that environment's pip), then run this again."
+  else
+    local bounded=()
+    if command -v timeout >/dev/null; then bounded=(timeout 60); fi
+    out=$(${bounded[@]+"${bounded[@]}"} "$launcher" --version 2>&1 </dev/null) ||
+      die "$launcher does not start: \`$(basename "$launcher") --version\` failed:
+  $(printf '%s\n' "$out" | tail -n 3)
+  Rebuild the bundle (make package), or for a checkout's .venv: bash scripts/bootstrap.sh gui."
+  fi
+}
+
 # Whether directory $1 holds nothing but (at most) the file named $2.
 only_holds() { [ -z "$(find "$1" -mindepth 1 ! -name "$2" -print -quit)" ]; }
 
@@ -93,6 +131,7 @@ do_install() {
   case $launcher in /*) ;; *) launcher=$PWD/$launcher ;; esac
   [ -f "$launcher" ] && [ -x "$launcher" ] || die "no executable launcher at $launcher
   (install the app first: scripts/run.sh, or pip install -e '.[gui]' in .venv; or pass the path)"
+  check_launcher "$launcher"
   [ -f "$TEMPLATE" ] || die "missing $TEMPLATE"
   compgen -G "$ICONS/*/apps/$APP_ID.png" >/dev/null ||
     die "no icons under $ICONS (run: .venv/bin/python scripts/make_icons.py)"
