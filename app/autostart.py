@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+from app import resources
+
 APP_ID = "chatbot-companion"
-# The desktop entry template, shared with scripts/install_desktop.sh (the menu entry) so both
-# are one entry. Under resources/, which the PyInstaller bundle carries whole.
-TEMPLATE = Path("resources") / f"{APP_ID}.desktop.in"
 
 
 def launch_command() -> list[str]:
@@ -77,22 +76,44 @@ def set_enabled(enabled: bool) -> None:
 
 
 def desktop_entry(command: list[str]) -> str:
-    """The desktop entry launching `command`: the packaged template with its Exec filled in."""
+    """The desktop entry launching `command`: the shipped template (shared with
+    scripts/install_desktop.sh, so the menu entry and this one are one) with its Exec filled in,
+    and its Icon a path to the shipped PNG where the icon theme lacks the app's icon."""
     template = _MINIMAL_TEMPLATE
-    for root in resource_roots():
+    path = resources.find(resources.DESKTOP_TEMPLATE)
+    if path is not None:
         with contextlib.suppress(OSError):
-            template = (root / TEMPLATE).read_text(encoding="utf-8")
-            break
-    return template.replace("@EXEC@", exec_field(command))
+            template = path.read_text(encoding="utf-8")
+    # Exec first: its value has no line break, so it cannot fake an Icon line.
+    entry = template.replace("@EXEC@", exec_field(command))
+    return entry.replace(f"\nIcon={APP_ID}\n", f"\nIcon={icon_field()}\n")
 
 
-def resource_roots() -> list[Path]:
-    """Where shipped files live: a PyInstaller bundle's data directory, then the source tree."""
-    roots = []
-    if getattr(sys, "frozen", False) and hasattr(sys, "_MEIPASS"):
-        roots.append(Path(sys._MEIPASS))
-    roots.append(Path(__file__).resolve().parents[1])
-    return roots
+def icon_field() -> str:
+    """The Icon value: the themed name where an icon theme has it (scripts/install_desktop.sh
+    puts it there), else the absolute path of a shipped PNG, which the spec allows, so that the
+    entry never names an icon installed nowhere (a bundle not installed, a pip install)."""
+    if _theme_has_icon():
+        return APP_ID
+    pngs = resources.hicolor_icons()
+    if not pngs:
+        return APP_ID
+    png = pngs.get(256) or pngs[max(pngs)]
+    return _string_value(str(png))
+
+
+def _theme_has_icon() -> bool:
+    home = os.environ.get("XDG_DATA_HOME") or os.path.join(Path.home(), ".local", "share")
+    dirs = os.environ.get("XDG_DATA_DIRS") or "/usr/local/share:/usr/share"
+    for base in [home, *dirs.split(":")]:
+        if not base:
+            continue
+        data = Path(base)
+        if any((data / "icons" / "hicolor").glob(f"*/apps/{APP_ID}.*")):
+            return True
+        if any((data / "pixmaps").glob(f"{APP_ID}.*")):
+            return True
+    return False
 
 
 # Characters the desktop entry spec reserves in Exec: an argument holding one must be quoted.
@@ -107,17 +128,21 @@ def exec_field(command: list[str]) -> str:
 def _exec_arg(arg: str) -> str:
     if not arg or any(c in _EXEC_RESERVED for c in arg):
         arg = '"' + "".join("\\" + c if c in '"`$\\' else c for c in arg) + '"'
-    # Then the rules for every string value: % starts a field code, \ starts an escape.
-    arg = arg.replace("%", "%%").replace("\\", "\\\\")
-    return arg.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+    # Then % starts a field code, and the rules for every string value.
+    return _string_value(arg.replace("%", "%%"))
+
+
+def _string_value(value: str) -> str:
+    """`value` escaped as the desktop entry spec wants a string: \\ starts an escape."""
+    value = value.replace("\\", "\\\\")
+    return value.replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
 
 
 def _win_command(command: list[str]) -> str:
     return " ".join(f'"{part}"' for part in command)
 
 
-# Only when the template is not shipped (a wheel carries just the Python packages): enough for
-# Start at Login to work.
+# Only when the template is missing: enough for Start at Login to work.
 _MINIMAL_TEMPLATE = (
     "[Desktop Entry]\n"
     "Type=Application\n"

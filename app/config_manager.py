@@ -24,12 +24,12 @@ from typing import Any
 from PySide6.QtCore import QFileSystemWatcher, QObject, QTimer, Signal
 
 from app.controller import Controller
+from app.resources import default_config_text
 from server import config_file
 from server.config import (
     Config,
     ConfigError,
     Loaded,
-    default_toml,
     env_overridden,
     load_lenient,
     registry,
@@ -118,7 +118,7 @@ class ConfigManager(QObject):
         it is either way. Runs before the loop does."""
         if create and not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(default_toml(), encoding="utf-8")
+            self.path.write_text(default_config_text(), encoding="utf-8")
             log.info("created %s from the defaults", self.path)
         try:
             self._last_text = self.path.read_text(encoding="utf-8")

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from PySide6.QtCore import QPointF, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QIcon, QPainter, QPainterPath, QPen, QPixmap, QPolygonF
 
-APP_ID = "chatbot-companion"
+from app import resources
 
 STATE_COLORS = {
     "serving": "#2e9d5b",  # green
@@ -31,7 +28,7 @@ def state_icon(state: str, size: int = 64) -> QIcon:
 
 def app_icon() -> QIcon:
     """The application icon: the PNG set scripts/make_icons.py renders from resources/icon.svg,
-    or the drawn "serving" bubble where those files are not shipped (e.g. a wheel install)."""
+    or the drawn "serving" bubble where those files are missing."""
     global _app_icon
     if _app_icon is None:
         _app_icon = _load_app_icon() or state_icon("serving")
@@ -39,25 +36,13 @@ def app_icon() -> QIcon:
 
 
 def _load_app_icon() -> QIcon | None:
-    for resources in _resource_dirs():
-        # icons/hicolor/<N>x<N>/apps/<id>.png: the freedesktop layout the installer copies as is.
-        pngs = sorted((resources / "icons" / "hicolor").glob(f"*/apps/{APP_ID}.png"))
-        if pngs:
-            icon = QIcon()
-            for png in pngs:
-                side = png.parent.parent.name.partition("x")[0]
-                icon.addFile(str(png), QSize(int(side), int(side)) if side.isdigit() else QSize())
-            return icon
-    return None
-
-
-def _resource_dirs() -> list[Path]:
-    # As app.autostart.resource_roots: a PyInstaller bundle's data, then the source tree.
-    dirs = []
-    if getattr(sys, "frozen", False) and hasattr(sys, "_MEIPASS"):
-        dirs.append(Path(sys._MEIPASS) / "resources")
-    dirs.append(Path(__file__).resolve().parents[1] / "resources")
-    return dirs
+    pngs = resources.hicolor_icons()
+    if not pngs:
+        return None
+    icon = QIcon()
+    for side, png in pngs.items():
+        icon.addFile(str(png), QSize(side, side))
+    return icon
 
 
 def _draw(color: str, state: str, size: int) -> QPixmap:

@@ -413,7 +413,20 @@ def test_qt_reads_every_image_in_the_ico_and_icns(qt_python):
 # --- the desktop entry -----------------------------------------------------------------------
 
 
-def test_autostart_entry_is_the_shipped_template():
+@pytest.fixture
+def icon_theme(tmp_path, monkeypatch) -> Path:
+    """This test's own XDG data directories, with no icon theme holding the app's icon."""
+    data = tmp_path / "share"
+    monkeypatch.setenv("XDG_DATA_HOME", str(data))
+    monkeypatch.setenv("XDG_DATA_DIRS", str(tmp_path / "system-share"))
+    return data
+
+
+def test_autostart_entry_is_the_shipped_template(icon_theme):
+    # Where the icon theme has the app's icon (as scripts/install_desktop.sh installs it).
+    png = hicolor_png(icon_theme, 48)
+    png.parent.mkdir(parents=True)
+    png.write_bytes(hicolor_png(RESOURCES, 48).read_bytes())
     template = (RESOURCES / f"{APP_ID}.desktop.in").read_text(encoding="utf-8")
     entry = autostart.desktop_entry(["/opt/chatbot companion/chatbot-companion"])
     assert entry == template.replace("@EXEC@", '"/opt/chatbot companion/chatbot-companion"')
@@ -427,6 +440,28 @@ def test_autostart_entry_is_the_shipped_template():
         "X-GNOME-Autostart-enabled=true",
     ):
         assert line in entry.splitlines()
+
+
+def test_autostart_entry_names_the_shipped_png_where_no_icon_theme_has_it(icon_theme, tmp_path):
+    """A pip install or an uninstalled bundle: the Icon is a path to an existing PNG."""
+    entry = autostart.desktop_entry(["/opt/chatbot-companion/chatbot-companion"])
+    icon = next(line for line in entry.splitlines() if line.startswith("Icon="))[5:]
+    assert Path(icon).is_absolute() and Path(icon).is_file(), icon
+    assert Path(icon).read_bytes() == hicolor_png(RESOURCES, 256).read_bytes()
+    template = (RESOURCES / f"{APP_ID}.desktop.in").read_text(encoding="utf-8")
+    assert entry == template.replace("@EXEC@", "/opt/chatbot-companion/chatbot-companion").replace(
+        f"Icon={APP_ID}\n", f"Icon={icon}\n"
+    )
+    if shutil.which("desktop-file-validate"):
+        (tmp_path / f"{APP_ID}.desktop").write_text(entry, encoding="utf-8")
+        result = subprocess.run(
+            ["desktop-file-validate", str(tmp_path / f"{APP_ID}.desktop")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        problems = [line for line in result.stdout.splitlines() if ": hint: " not in line]
+        assert result.returncode == 0 and not problems, result.stdout
 
 
 def test_exec_field_quotes_as_the_desktop_entry_spec_says():
@@ -464,13 +499,17 @@ def launcher(tmp_path) -> Path:
 
 
 @linux_only
-def test_install_desktop_installs_the_entry_and_icons_and_uninstalls_them(tmp_path, launcher):
+def test_install_desktop_installs_the_entry_and_icons_and_uninstalls_them(
+    tmp_path, launcher, monkeypatch
+):
     data = tmp_path / "data"
     result = _run_install([str(launcher)], data, tmp_path)
     assert result.returncode == 0, result.stderr
     entry = data / "applications" / f"{APP_ID}.desktop"
     text = entry.read_text(encoding="utf-8")
-    # The same entry as Start at Login writes, with Exec the given launcher's absolute path.
+    # The same entry as Start at Login writes once the icons are installed, with Exec the given
+    # launcher's absolute path.
+    monkeypatch.setenv("XDG_DATA_HOME", str(data))
     assert text == autostart.desktop_entry([str(launcher)])
     exec_line = next(line for line in text.splitlines() if line.startswith("Exec="))
     assert exec_line == f"Exec={autostart.exec_field([str(launcher)])}"
