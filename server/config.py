@@ -63,6 +63,38 @@ class ServerSection:
             "Largest accepted request body, in KiB (larger gets 413)", min=1, max=1048576
         ),
     )
+    idle_timeout_seconds: float = field(
+        default=60,
+        metadata=_meta(
+            "A connection with no request in progress (new, or kept alive after one) is closed "
+            "after this long",
+            min=1,
+            max=3600,
+        ),
+    )
+    header_timeout_seconds: float = field(
+        default=10,
+        metadata=_meta(
+            "Longest time a client may take to send a request's headers (slow ones are closed)",
+            min=1,
+            max=600,
+        ),
+    )
+    body_timeout_seconds: float = field(
+        default=30,
+        metadata=_meta(
+            "Longest pause while a request body is arriving (then 408)", min=1, max=3600
+        ),
+    )
+    max_connections: int = field(
+        default=4096,
+        metadata=_meta(
+            "Open client connections allowed at once; more are refused with 503 (also kept "
+            "below the open-files limit)",
+            min=16,
+            max=1000000,
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -220,8 +252,9 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
     "NEXT_PUBLIC_OLLAMA_MODEL": ("ollama", "model"),
     "NEXT_PUBLIC_OLLAMA_SYSTEM_PROMPT": ("ollama", "system_prompt"),
 }
-# Variables with the CHATBOT_ prefix that are not settings.
-ENV_RESERVED = {"CHATBOT_CONFIG"}
+# Variables with the CHATBOT_ prefix that are not settings: --config, and the scripts' own
+# (install_desktop.sh's launcher, run.sh's simulator port and install switch).
+ENV_RESERVED = {"CHATBOT_CONFIG", "CHATBOT_EXEC", "CHATBOT_SIM_PORT", "CHATBOT_SKIP_INSTALL"}
 
 
 def _type_name(annotation: Any) -> Literal["str", "int", "float", "bool", "list"]:
