@@ -10,13 +10,34 @@ from collections.abc import Callable
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 DATEFMT = "%H:%M:%S"
+# A message longer than this (a client's 100 KB field quoted somewhere) is cut.
+MAX_MESSAGE = 4000
+
+
+def _escape(char: str) -> str:
+    return char.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
+class SafeFormatter(logging.Formatter):
+    """One record, one line: control characters in a message (a request id with a newline,
+    say, which would forge a log line) are escaped, and a huge message is cut. Tracebacks,
+    which the formatter appends after the message, keep their lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        if not message.isprintable():
+            message = "".join(c if c.isprintable() else _escape(c) for c in message)
+        if len(message) > MAX_MESSAGE:
+            message = f"{message[:MAX_MESSAGE]}… ({len(message)} characters)"
+        record.message = message
+        return super().formatMessage(record)
 
 
 def setup_logging(level: str) -> None:
     root = logging.getLogger("chatbot")
     if not any(getattr(h, "_chatbot", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(FORMAT, datefmt=DATEFMT))
+        handler.setFormatter(SafeFormatter(FORMAT, datefmt=DATEFMT))
         handler._chatbot = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         root.propagate = False
@@ -34,7 +55,7 @@ class LogBuffer(logging.Handler):
         super().__init__()
         self.records: deque[logging.LogRecord] = deque(maxlen=capacity)
         self.subscribers: list[Callable[[logging.LogRecord], None]] = []
-        self.setFormatter(logging.Formatter(FORMAT, datefmt=DATEFMT))
+        self.setFormatter(SafeFormatter(FORMAT, datefmt=DATEFMT))
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
