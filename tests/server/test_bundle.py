@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -89,10 +90,13 @@ def chat(base: str) -> dict:
 
 
 def run(exe: Path, args: list[str], env: dict[str, str], tmp_path: Path) -> subprocess.Popen:
+    # Its own runtime directory (0700, as the single-instance lock expects): a companion already
+    # running for this user must not turn a launch into "raise the other one and exit".
+    runtime = tempfile.mkdtemp(prefix="runtime-", dir=tmp_path)
     return subprocess.Popen(
         [str(exe), *args],
         cwd=tmp_path,
-        env={**os.environ, **env},
+        env={**os.environ, "XDG_RUNTIME_DIR": runtime, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -133,7 +137,6 @@ def test_bundle_runs_the_tray_app_and_quits_cleanly(bundle, sim_url, tmp_path):
         "PORT": str(port),
         "QT_QPA_PLATFORM": "offscreen",
         "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
-        "XDG_RUNTIME_DIR": str(tmp_path),
     }
     proc = run(bundle, [], env, tmp_path)
     try:
