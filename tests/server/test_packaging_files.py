@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import itertools
 import json
@@ -559,6 +560,71 @@ def test_installed_entry_passes_desktop_file_validate(tmp_path, launcher):
     # Hints are advice (three main categories, as asked for); warnings and errors are not.
     problems = [line for line in result.stdout.splitlines() if ": hint: " not in line]
     assert not problems
+
+
+# --- the bundle's licences (packaging/bundle_licenses.py; the bundle itself: test_bundle.py) ----
+
+
+@pytest.fixture
+def bundle_licenses():
+    """packaging/bundle_licenses.py, loaded as the spec loads it."""
+    spec = importlib.util.spec_from_file_location(
+        "_test_bundle_licenses", ROOT / "packaging" / "bundle_licenses.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def _loaded_libc() -> Path:
+    """The C library this process runs on: a library the system installed."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        path = line.split()[-1]
+        if re.search(r"/libc\.so\.6$", path):
+            return Path(path)
+    pytest.skip("no libc.so.6 in /proc/self/maps")
+
+
+@linux_only
+def test_bundle_licences_say_so_where_the_build_machine_has_no_dpkg(
+    bundle_licenses, tmp_path, monkeypatch
+):
+    libc = _loaded_libc()
+    monkeypatch.setenv("PATH", str(tmp_path))  # no dpkg-query to be found
+    entries = bundle_licenses.collect(
+        [], [("libc.so.6", str(libc), "BINARY")], [], root=ROOT, workdir=tmp_path / "work"
+    )
+    dests = {dest for dest, _src, _kind in entries}
+    assert "licenses/README.txt" in dests and "licenses/chatbot-companion/LICENSE" in dests
+    assert not any(dest.startswith("licenses/debian/") for dest in dests)
+    index = (tmp_path / "work" / "licenses-README.txt").read_text(encoding="utf-8")
+    block = index.split("== Libraries copied from the build machine's operating system\n")[1]
+    assert block.startswith("licence: NOT COLLECTED: the build machine has no dpkg")
+    assert "shared libraries:\n  libc.so.6\n" in block
+    assert f"note: libc.so.6 (from {libc})" in block
+
+
+@linux_only
+@pytest.mark.skipif(not shutil.which("dpkg-query"), reason="not a Debian-like system")
+def test_bundle_licences_find_a_library_by_either_name_on_a_merged_usr_system(
+    bundle_licenses, tmp_path
+):
+    libc = _loaded_libc()
+    names = [libc, Path(os.path.realpath(libc))]
+    # Where /lib is a link to /usr/lib, dpkg knows only one of the two names.
+    other = str(libc)[4:] if str(libc).startswith("/usr/") else f"/usr{libc}"
+    if Path(other).exists():
+        names.append(Path(other))
+    owners = bundle_licenses.debian_packages(names)
+    assert {owners.get(name) for name in names} == {"libc6"}, owners
+    entries = bundle_licenses.collect(
+        [], [("libc.so.6", str(names[-1]), "BINARY")], [], root=ROOT, workdir=tmp_path
+    )
+    assert ("licenses/debian/libc6/copyright", "/usr/share/doc/libc6/copyright", "DATA") in entries
 
 
 # --- the systemd unit ------------------------------------------------------------------------
