@@ -2,10 +2,13 @@
 
     GatewayError                     500 internal_error
     ├── BadRequest                   400 bad_request / invalid_<field>
+    ├── RequestTimeout               408 body_timeout         (a body that stopped arriving)
+    ├── PayloadTooLarge              413 body_too_large
     ├── NotFound                     404 not_found
     ├── ModelNotFound                404 model_not_found      (Ollama's 404)
     ├── UpstreamError                502 upstream_error       (Ollama answered with an error)
-    │   └── OllamaUnreachable        502 ollama_unreachable   (connection refused, DNS, reset)
+    │   ├── OllamaUnreachable        502 ollama_unreachable   (connection refused, DNS, reset)
+    │   └── (status 503)             503 upstream_busy        (Ollama's own 503, passed on)
     ├── UpstreamTimeout              504 upstream_timeout     (connect or read timeout)
     ├── QueueFull                    503 queue_full           (with Retry-After)
     ├── Cancelled                    409 cancelled            (DELETE /api/chat-queue)
@@ -24,21 +27,43 @@ class GatewayError(Exception):
     code = "internal_error"
 
     def __init__(
-        self, message: str, *, code: str | None = None, headers: dict[str, str] | None = None
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        status: int | None = None,
     ):
         super().__init__(message)
         self.message = message
         if code is not None:
             self.code = code
+        if status is not None:
+            self.status = status
         self.headers = headers or {}
 
     def body(self) -> dict[str, str]:
         return {"error": self.message, "code": self.code}
 
+    def copy(self) -> GatewayError:
+        """A fresh exception with the same status, code, message and headers (one instance
+        raised in several tasks would collect all their tracebacks)."""
+        return type(self)(self.message, code=self.code, headers=self.headers, status=self.status)
+
 
 class BadRequest(GatewayError):
     status = 400
     code = "bad_request"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    code = "body_timeout"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "body_too_large"
 
 
 class NotFound(GatewayError):

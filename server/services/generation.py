@@ -165,10 +165,9 @@ class Generation:
                     if self.completed:
                         return
                     if self.error is not None:
-                        err = self.error
-                        # A fresh exception per listener: one instance raised in several tasks
-                        # would collect their tracebacks.
-                        raise type(err)(err.message, code=err.code, headers=err.headers)
+                        # A fresh exception per listener, with the status (Ollama's 503 stays
+                        # a 503, not a 502).
+                        raise self.error.copy()
                     raise UpstreamError("the generation was stopped before it finished")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), HEARTBEAT_S if self.waiting else None)

@@ -25,6 +25,7 @@ from server.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from server.json_checks import quote
 
 log = logging.getLogger("chatbot.ollama")
 
@@ -202,17 +203,22 @@ class OllamaClient:
         except (ValueError, AttributeError):
             message = text or resp.reason or "no details"
         self._mark_reachable()  # it answered, so it is up
+        message = message if len(message) <= 300 else message[:299] + "…"
         if resp.status == 404 and model:
             return ModelNotFound(
-                f"model '{model}' not found in Ollama at {self.base_url} "
-                f"(Ollama said: {message}); pull it with `ollama pull {model}`"
+                f"model {quote(model)} not found in Ollama at {self.base_url} "
+                f"(Ollama said: {message}); pull it with `ollama pull {model[:80]}`"
             )
         if resp.status == 400:
             return BadRequest(f"Ollama rejected the request: {message}", code="upstream_rejected")
         if resp.status == 503:
-            err = UpstreamError(f"Ollama is busy: {message}", code="upstream_busy")
-            err.status = 503
-            return err
+            # Ollama's own "busy" (OLLAMA_MAX_QUEUE reached): the client may retry, as with ours.
+            return UpstreamError(
+                f"Ollama is busy: {message}",
+                code="upstream_busy",
+                status=503,
+                headers={"Retry-After": resp.headers.get("Retry-After", "5")},
+            )
         return UpstreamError(f"Ollama answered HTTP {resp.status}: {message}")
 
     @contextlib.contextmanager
