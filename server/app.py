@@ -15,6 +15,7 @@ from aiohttp import web
 from server.errors import GatewayError
 from server.gateway import Gateway
 from server.handlers import chat, queue, stats
+from server.handlers.body import expect_handler
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
 
 log = logging.getLogger("chatbot.http")
@@ -34,9 +35,14 @@ def create_app(gateway: Gateway) -> web.Application:
     app[GATEWAY] = gateway
     app[ACTIVE_STREAMS] = set()
     app.on_response_prepare.append(_add_cors_headers)
-    app.add_routes(chat.routes)
-    app.add_routes(stats.routes)
-    app.add_routes(queue.routes)
+    for table in (chat.routes, stats.routes, queue.routes):
+        for route in table:
+            assert isinstance(route, web.RouteDef)
+            # Every route answers `Expect: 100-continue` with a 413 up front when the announced
+            # body is over the limit, rather than inviting the client to send it.
+            app.router.add_route(
+                route.method, route.path, route.handler, expect_handler=expect_handler
+            )
     return app
 
 

@@ -144,8 +144,10 @@ class Gateway:
                 self.tickets.drop_reservation(ticket)
                 return ChatStream(self._replay(req, hit, ticket), hit=hit)
             gen = self._generation_for(req, key, ticket, priority)
-        except GatewayError:
-            self.tickets.forget(ticket)
+        except BaseException as exc:
+            # Whatever went wrong (a full queue, or a bug), the ticket and any place in line
+            # it holds are given back: nothing may keep a slot taken for good.
+            self.tickets.abandon(ticket, exc.code if isinstance(exc, GatewayError) else "failed")
             raise
         ticket.generation = gen
         return ChatStream(self._listen(req, gen, ticket))

@@ -14,6 +14,7 @@ from aiohttp import web
 from server.chat_request import ChatRequest, parse_chat_request
 from server.errors import BadRequest, GatewayError
 from server.gateway import Gateway
+from server.handlers.body import read_json
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
 from server.services.generation import Queued
 from server.streams import Content
@@ -38,16 +39,6 @@ def sse_frame(payload: dict[str, Any]) -> bytes:
         + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
         + b"\n\n"
     )
-
-
-async def read_json(request: web.Request) -> Any:
-    raw = await request.read()  # over [server].max_body_kb raises 413 here
-    if not raw.strip():
-        raise BadRequest("request body is empty; send a JSON object", code="invalid_json")
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
 
 
 @routes.post("/api/chat-optimized")
@@ -172,9 +163,15 @@ async def _stream(
 
 
 async def _final_error(resp: web.StreamResponse, frame: dict[str, Any]) -> None:
-    with contextlib.suppress(ConnectionResetError):
+    """The stream's last frame. The response has started: whatever goes wrong here must not
+    reach the error middleware, which would write a second HTTP response into the stream."""
+    try:
         await resp.write(sse_frame(frame))
         await resp.write_eof()
+    except ConnectionResetError:
+        pass
+    except Exception:
+        log.exception("could not end stream %s with its error frame", frame.get("request_id"))
 
 
 MAX_BULK_ITEMS = 100

@@ -6,7 +6,8 @@ from aiohttp import web
 
 from server.chat_request import parse_chat_request
 from server.errors import BadRequest, NotFound
-from server.handlers.chat import read_json
+from server.handlers.body import read_json
+from server.json_checks import quote
 from server.keys import GATEWAY
 from server.services.tickets import Ticket
 
@@ -42,5 +43,5 @@ def _ticket(request: web.Request) -> Ticket:
         raise BadRequest("requestId: query parameter is required", code="invalid_requestId")
     ticket = request.app[GATEWAY].ticket(rid)
     if ticket is None:
-        raise NotFound(f"no request with id {rid!r} (unknown, or finished and forgotten)")
+        raise NotFound(f"no request with id {quote(rid)} (unknown, or finished and forgotten)")
     return ticket

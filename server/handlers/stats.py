@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from server.errors import BadRequest
-from server.handlers.chat import read_json
+from server.handlers.body import read_json
+from server.json_checks import quote
 from server.keys import GATEWAY
 
 routes = web.RouteTableDef()
@@ -37,5 +38,5 @@ async def cache_action(request: web.Request) -> web.Response:
         gateway.reset_stats()
         return web.json_response({"success": True, "action": action})
     raise BadRequest(
-        f"action: must be one of {', '.join(ACTIONS)}, got {action!r}", code="invalid_action"
+        f"action: must be one of {', '.join(ACTIONS)}, got {quote(action)}", code="invalid_action"
     )

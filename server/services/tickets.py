@@ -128,6 +128,19 @@ class TicketBook:
         """Drop a ticket that never became a request (e.g. refused with 503)."""
         self._forget(ticket)
 
+    def abandon(self, ticket: Ticket, reason: str) -> None:
+        """A claimed ticket whose request failed before it became a generation: its place in
+        line goes to the next, and a client polling it through /api/chat-queue sees it failed
+        (a plain request's ticket is forgotten)."""
+        entry = self.take_reservation(ticket)
+        if entry is not None:
+            self.queue.release(entry, "cancelled")
+        if ticket.issued:
+            self.finish(ticket, "failed")
+            log.info("request %s failed before it started (%s)", ticket.request_id, reason)
+        else:
+            self._forget(ticket)
+
     def cancel(self, ticket: Ticket) -> None:
         """DELETE: leave the line, or stop listening (the generation stops with its last
         listener, which closes the upstream request)."""
