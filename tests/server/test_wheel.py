@@ -36,8 +36,10 @@ def _bin(venv: Path, name: str) -> Path:
 
 
 def _run(*args: str | Path, cwd: Path) -> str:
+    # pip (also inside build's isolated environments) caches under the test's tmp directory.
+    env = {**os.environ, "PIP_CACHE_DIR": str(cwd / "pip-cache")}
     result = subprocess.run(
-        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=300
+        [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, f"{args}: {result.stdout[-2000:]}{result.stderr[-3000:]}"
     return result.stdout
