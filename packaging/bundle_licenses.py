@@ -133,14 +133,29 @@ def _qt(_library: Path) -> Component:
 def _icu(library: Path) -> Component:
     major = re.search(r"\.so\.(\d+)", library.name)
     version = major.group(1) if major else ""
-    return Component(
+    component = Component(
         f"ICU {version} (International Components for Unicode), inside the PySide6 wheel",
         "Unicode-DFS-2016 (ICU's licence) and the third-party terms in ICU's LICENSE file",
-        notes=[
-            "NOT INCLUDED: the PySide6-Essentials wheel carries no licence text for ICU. It is "
-            f"ICU's LICENSE file of release {version}: https://github.com/unicode-org/icu",
-        ],
     )
+    # The wheel carries no licence text for ICU. The build machine's Debian ICU package has
+    # ICU's terms (same licence across these releases, another version of the code): better
+    # than none, and the note says what it is.
+    debian = sorted(Path("/usr/share/doc").glob("libicu[0-9]*/copyright"))
+    if debian:
+        component.texts["icu/copyright"] = debian[-1]
+        component.notes.append(
+            f"icu/copyright is ICU's licence as Debian's {debian[-1].parent.name} package states "
+            f"it (the build machine's ICU); the bundled ICU {version} is under the same terms, "
+            f"given in full in ICU's LICENSE file of that release: "
+            "https://github.com/unicode-org/icu"
+        )
+    else:
+        component.notes.append(
+            "NOT INCLUDED: the PySide6-Essentials wheel carries no licence text for ICU, and "
+            "this build machine has no Debian ICU package to take it from. It is ICU's LICENSE "
+            f"file of release {version}: https://github.com/unicode-org/icu"
+        )
+    return component
 
 
 def _distribution(dist: metadata.Distribution) -> Component:

@@ -231,10 +231,14 @@ def test_every_bundled_shared_library_has_its_licence_in_the_index(licences):
     for component in index:
         for text in component["texts"]:
             assert (internal / "licenses" / text).stat().st_size > 0, text
-    # Known gap: the PySide6 wheel ships ICU's libraries without ICU's licence text, and the
-    # index says so. Every other component with libraries has its text in the bundle.
+    # The PySide6 wheel ships ICU's libraries without ICU's licence text: the build machine's
+    # Debian ICU package supplies it where there is one, else the index says it is missing.
+    # Every other component with libraries has its text in the bundle.
     missing = {c["title"] for c in index if c["libraries"] and not c["texts"]}
-    assert all(title.startswith("ICU ") for title in missing), missing
+    if list(Path("/usr/share/doc").glob("libicu[0-9]*/copyright")):
+        assert not missing, missing
+    else:
+        assert all(title.startswith("ICU ") for title in missing), missing
     python = next(c for c in index if c["title"].startswith("Python "))
     license_txt = (internal / "licenses" / python["texts"][0]).read_text(encoding="utf-8")
     assert "PYTHON SOFTWARE FOUNDATION LICENSE" in license_txt
