@@ -1,12 +1,17 @@
 """Logging set-up: named `chatbot.*` loggers, one format, the level from the configuration,
-and a ring buffer of recent lines for the dashboard's log tail."""
+repeats held back, and a ring buffer of recent lines for the dashboard's log tail."""
 
 from __future__ import annotations
 
+import asyncio
+import codecs
 import logging
 import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 DATEFMT = "%H:%M:%S"
@@ -16,6 +21,11 @@ MAX_MESSAGE = 4000
 
 def _escape(char: str) -> str:
     return char.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
+# Looked up now rather than on the first escape: out of file descriptors, the lazy import of the
+# codec fails, and with it the very line that reports the shortage (seen in a flood test).
+codecs.lookup("unicode_escape")
 
 
 class SafeFormatter(logging.Formatter):
@@ -33,14 +43,133 @@ class SafeFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+# How often a run of identical records is summarised, and how many distinct recent messages are
+# remembered to recognise repeats.
+REPEAT_INTERVAL = 10.0
+MAX_REMEMBERED = 1000
+
+_Key = tuple[str, int, str, str]  # logger, level, message, exception type
+
+
+@dataclass
+class _Run:
+    since: float
+    held: int = 0
+    timer: asyncio.TimerHandle | None = None
+
+
+class RepeatFilter(logging.Filter):
+    """Lets the first of identical records through and holds back the repeats, with one
+    summary per interval while they go on ("... (repeated 5123 times in the last 10 s)").
+
+    A flood (the event loop failing accept() thousands of times a second, or one error per
+    request under load) then costs a line per interval instead of gigabytes. It sits on a
+    handler, to which it sends its summaries: on time from the running event loop, or with the
+    next identical record when it is used outside one.
+    """
+
+    def __init__(self, handler: logging.Handler, interval: float = REPEAT_INTERVAL) -> None:
+        super().__init__()
+        self.handler = handler
+        self.interval = interval
+        self._runs: dict[_Key, _Run] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "repeat_summary", False):
+            return True
+        key = _key(record)
+        now = time.monotonic()
+        summary = None
+        with self._lock:
+            run = self._runs.get(key)
+            if run is None or (not run.held and now - run.since >= self.interval):
+                if len(self._runs) >= MAX_REMEMBERED:
+                    self._forget(now)
+                self._runs[key] = _Run(since=now)
+                return True
+            if now - run.since >= self.interval:
+                # The summary is overdue (no running loop timed it, or the loop was busy):
+                # it goes out now, and this record opens the next interval.
+                summary = _summary(key, run.held, now - run.since)
+                run = self._runs[key] = _Run(since=now, timer=run.timer)
+            run.held += 1
+            if run.timer is None:
+                run.timer = _call_later(run.since + self.interval - now, self._flush, key)
+        if summary is not None:
+            self.handler.handle(summary)
+        return False
+
+    def _flush(self, key: _Key) -> None:
+        """The interval is over: report the repeats it held, and hold the next ones anew."""
+        now = time.monotonic()
+        with self._lock:
+            run = self._runs.get(key)
+            if run is None:
+                return
+            run.timer = None
+            if not run.held:
+                return
+            if now < run.since + self.interval:  # a later interval than the one timed
+                run.timer = _call_later(run.since + self.interval - now, self._flush, key)
+                return
+            summary = _summary(key, run.held, now - run.since)
+            self._runs[key] = _Run(since=now)
+        self.handler.handle(summary)
+
+    def _forget(self, now: float) -> None:
+        for key, run in list(self._runs.items()):
+            if not run.held and now - run.since >= self.interval:
+                del self._runs[key]
+
+
+def _key(record: logging.LogRecord) -> _Key:
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken log call is still logged (by the formatter's error path)
+        message = str(record.msg)
+    error = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else ""
+    return record.name, record.levelno, message, error
+
+
+def _summary(key: _Key, held: int, seconds: float) -> logging.LogRecord:
+    name, level, message, _ = key
+    return logging.makeLogRecord(
+        {
+            "name": name,
+            "levelno": level,
+            "levelname": logging.getLevelName(level),
+            "msg": "%s (repeated %d times in the last %.0f s)",
+            "args": (message, held, seconds),
+            "repeat_summary": True,
+        }
+    )
+
+
+def _call_later(
+    delay: float, callback: Callable[[_Key], None], key: _Key
+) -> asyncio.TimerHandle | None:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    return loop.call_later(delay, callback, key)
+
+
 def setup_logging(level: str) -> None:
     root = logging.getLogger("chatbot")
     if not any(getattr(h, "_chatbot", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(SafeFormatter(FORMAT, datefmt=DATEFMT))
+        handler.addFilter(RepeatFilter(handler))
         handler._chatbot = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         root.propagate = False
+        # The event loop's errors (a failing accept(), say) and aiohttp's go through the same
+        # handler, so they are formatted alike and their repeats are held back too. Their
+        # levels stay as they are (warnings and up, by default).
+        for name in ("asyncio", "aiohttp"):
+            logging.getLogger(name).addHandler(handler)
     root.setLevel(level.upper())
 
 
@@ -56,6 +185,7 @@ class LogBuffer(logging.Handler):
         self.records: deque[logging.LogRecord] = deque(maxlen=capacity)
         self.subscribers: list[Callable[[logging.LogRecord], None]] = []
         self.setFormatter(SafeFormatter(FORMAT, datefmt=DATEFMT))
+        self.addFilter(RepeatFilter(self))
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
