@@ -14,6 +14,13 @@ from aiohttp import web
 
 from server.app import create_app
 from server.config import Config
+from server.connections import (
+    ACCEPT_BURST,
+    ConnectionGuard,
+    GuardedRunner,
+    open_files_limit,
+    raise_open_files_limit,
+)
 from server.gateway import Gateway
 from server.keys import ACTIVE_STREAMS
 
@@ -41,7 +48,8 @@ class ServerHost:
         self.drain_seconds = drain_seconds
         # Tests and benchmarks bind port 0 (any free port); the config itself insists on 1..65535.
         self._port_override = port_override
-        self._runner: web.AppRunner | None = None
+        self._runner: GuardedRunner | None = None
+        self._limits_checked = False
         self.port: int | None = None
 
     @property
@@ -58,24 +66,37 @@ class ServerHost:
     def running(self) -> bool:
         return self._runner is not None
 
+    @property
+    def connections(self) -> ConnectionGuard | None:
+        """The serving listener's connection guard (counts, the cap), while it serves."""
+        return self._runner.guard if self._runner is not None else None
+
     async def start(self) -> None:
         """Start the gateway's services (once) and bind the HTTP server."""
+        if not self._limits_checked:
+            self._limits_checked = True
+            raise_open_files_limit(self.config)
         await self.gateway.start()
         await self._bind()
 
     async def _bind(self) -> None:
         host = self.config.server.host
         port = self.config.server.port if self._port_override is None else self._port_override
+        limits = open_files_limit()
+        guard = ConnectionGuard(
+            lambda: self.gateway.config.server, open_files=limits.soft if limits else None
+        )
         # handler_cancellation: a client that disconnects cancels its handler, which closes the
         # upstream generation even while no byte is being written (waiting for a first token).
-        runner = web.AppRunner(
+        runner = GuardedRunner(
             create_app(self.gateway),
+            guard,
             handler_cancellation=True,
             access_log=None,
             shutdown_timeout=self.drain_seconds,
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, backlog=ACCEPT_BURST)
         try:
             await site.start()
         except OSError as exc:
@@ -93,7 +114,7 @@ class ServerHost:
             await _stop_listening(runner)
             await self._drain(runner)
 
-    async def _drain(self, runner: web.AppRunner) -> None:
+    async def _drain(self, runner: GuardedRunner) -> None:
         """Let streams in flight finish for `drain_seconds`, end the rest with an error frame
         (their handlers catch the cancellation), then close the old server."""
         streams = runner.app[ACTIVE_STREAMS]
