@@ -75,7 +75,8 @@ class ServerSection:
     header_timeout_seconds: float = field(
         default=10,
         metadata=_meta(
-            "Longest time a client may take to send a request's headers (slow ones are closed)",
+            "Longest time a request's headers may take from their first byte (then 408 and the "
+            "connection is closed)",
             min=1,
             max=600,
         ),
@@ -89,8 +90,8 @@ class ServerSection:
     max_connections: int = field(
         default=4096,
         metadata=_meta(
-            "Open client connections allowed at once; more are refused with 503 (also kept "
-            "below the open-files limit)",
+            "Open client connections allowed at once (also kept below the open-files limit); "
+            "over it the longest-idle one is closed, or a new one gets 503 if all are busy",
             min=16,
             max=1000000,
         ),
