@@ -255,7 +255,7 @@ async def test_parser_errors_are_json(server: Server, http, raw, status, code, f
     await ask(server, http)
 
 
-async def test_a_known_method_on_the_wrong_path_is_still_the_routers_405(server: Server):
+async def test_a_known_method_a_path_does_not_take_is_still_the_routers_405(server: Server):
     reader, writer = await connect(server)
     writer.write(b"PATCH /health HTTP/1.1\r\n" + HOST + b"Connection: close\r\n\r\n")
     status, headers, body = parse_response(await read_to_eof(reader))
