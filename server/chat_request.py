@@ -41,8 +41,21 @@ class ChatRequest:
     format: str | dict[str, Any] | None = None
     keep_alive: str | float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # A request of Ollama's own API: "chat" or "generate", the body to send upstream as the
+    # client wrote it, and the fields beyond model/messages/options/format that change the
+    # answer (think, tools, prompt, system, …), for the cache key.
+    kind: str = "chat"
+    native: dict[str, Any] | None = None
+    key_extra: dict[str, Any] | None = None
+    endpoint: str = "chat-optimized"
+
+    @property
+    def path(self) -> str:
+        return "/api/generate" if self.kind == "generate" else "/api/chat"
 
     def ollama_payload(self) -> dict[str, Any]:
+        if self.native is not None:
+            return self.native
         payload: dict[str, Any] = {"model": self.model, "messages": list(self.messages)}
         if self.options:
             payload["options"] = self.options

@@ -25,6 +25,10 @@ from __future__ import annotations
 class GatewayError(Exception):
     status = 500
     code = "internal_error"
+    # Ollama's own words, where the error came from Ollama: the native API answers with them
+    # (the ollama CLI and Continue match "model 'x' not found").
+    upstream_text: str | None = None
+    upstream_status: int | None = None
 
     def __init__(
         self,
@@ -48,7 +52,9 @@ class GatewayError(Exception):
     def copy(self) -> GatewayError:
         """A fresh exception with the same status, code, message and headers (one instance
         raised in several tasks would collect all their tracebacks)."""
-        return type(self)(self.message, code=self.code, headers=self.headers, status=self.status)
+        fresh = type(self)(self.message, code=self.code, headers=self.headers, status=self.status)
+        fresh.upstream_text, fresh.upstream_status = self.upstream_text, self.upstream_status
+        return fresh
 
 
 class BadRequest(GatewayError):

@@ -28,7 +28,7 @@ from server.config import Config
 from server.errors import GatewayError
 from server.services.batch import BulkProcessor, Coalescer
 from server.services.cache import CachedAnswer, ResponseCache, cache_key
-from server.services.generation import Generation, Queued
+from server.services.generation import Answer, Generation, Queued
 from server.services.ollama import OllamaClient, OllamaCounters
 from server.services.queue import GenerationQueue, Priority
 from server.services.tickets import Ticket, TicketBook
@@ -153,7 +153,9 @@ class Gateway:
         return ChatStream(self._listen(req, gen, ticket))
 
     def cache_key(self, req: ChatRequest) -> str:
-        return cache_key(req.model, req.messages, req.options, req.format)
+        return cache_key(
+            req.model, req.messages, req.options, req.format, kind=req.kind, extra=req.key_extra
+        )
 
     def _generation_for(
         self, req: ChatRequest, key: str, ticket: Ticket, priority: Priority
@@ -168,14 +170,25 @@ class Gateway:
             priority, label=req.request_id
         )
 
-        def store(text: str, tokens: int) -> None:
-            self.cache.put(key, text, req.model, tokens)
+        def store(answer: Answer) -> None:
+            self.cache.put(
+                key,
+                answer.text,
+                req.model,
+                answer.eval_count,
+                thinking=answer.thinking,
+                tool_calls=answer.tool_calls,
+                done_reason=answer.done_reason,
+                prompt_eval_count=answer.prompt_eval_count,
+                context=answer.context,
+            )
 
         gen = Generation(
             ollama=self.ollama,
             queue=self.queue,
             entry=entry,
             payload=req.ollama_payload(),
+            path=req.path,
             on_complete=store if req.cache_write else None,
             on_finish=lambda g: self.coalescer.forget(key, g),
         )
@@ -187,16 +200,20 @@ class Gateway:
         self, req: ChatRequest, hit: CachedAnswer, ticket: Ticket
     ) -> AsyncGenerator[ChatEvent, None]:
         timer = Timer()
-        record = RequestRecord(req.request_id, req.model, cached=True)
+        record = RequestRecord(req.request_id, req.model, req.endpoint, cached=True)
         self._log_hit(req, hit)
         try:
+            record.ttft_ms = timer.ms()
+            # Reasoning first, then the answer, then any tool calls: as the model gave them.
+            for piece in _WORDS.findall(hit.thinking):
+                yield Content("", thinking=piece)
             for piece in _WORDS.findall(hit.text):
-                if record.ttft_ms is None:
-                    record.ttft_ms = timer.ms()
                 yield Content(piece)
+            if hit.tool_calls:
+                yield Content("", tool_calls=hit.tool_calls)
             record.tokens = hit.eval_count
             record.total_ms = timer.ms()
-            yield Done(model=req.model, cached=True, stats=record.stats())
+            yield Done(model=req.model, cached=True, stats=record.stats(), hit=hit)
         finally:
             self._finish(record, timer, ticket)
 
@@ -204,7 +221,7 @@ class Gateway:
         self, req: ChatRequest, gen: Generation, ticket: Ticket
     ) -> AsyncGenerator[ChatEvent, None]:
         timer = Timer()
-        record = RequestRecord(req.request_id, req.model)
+        record = RequestRecord(req.request_id, req.model, req.endpoint)
         listening_since = time.monotonic()
         try:
             async for event in gen.listen(ticket):
@@ -213,12 +230,18 @@ class Gateway:
                     continue
                 if record.ttft_ms is None:
                     record.ttft_ms = timer.ms()
-                yield Content(event.text)
+                yield Content(event.text, event.thinking, event.tool_calls, event.raw)
             granted = gen.entry.granted_at or listening_since
             record.queue_ms = max(0, round((granted - listening_since) * 1000))
             record.tokens = gen.tokens
             record.total_ms = timer.ms()
-            yield Done(model=req.model, cached=False, stats=record.stats())
+            yield Done(
+                model=req.model,
+                cached=False,
+                stats=record.stats(),
+                final=gen.final,
+                answer=gen.answer(),
+            )
         except GatewayError as exc:  # Cancelled included: its code is "cancelled"
             record.status = exc.code
             raise
@@ -269,12 +292,12 @@ class Gateway:
     def _record_hit(self, req: ChatRequest, hit: CachedAnswer) -> Done:
         self._log_hit(req, hit)
         record = RequestRecord(
-            req.request_id, req.model, cached=True, ttft_ms=0, tokens=hit.eval_count
+            req.request_id, req.model, req.endpoint, cached=True, ttft_ms=0, tokens=hit.eval_count
         )
         ticket = self.tickets.get(req.request_id)
         assert ticket is not None  # chat() opened it, and nothing has finished it yet
         self._finish(record, Timer(), ticket)
-        return Done(model=req.model, cached=True, stats=record.stats())
+        return Done(model=req.model, cached=True, stats=record.stats(), hit=hit)
 
     # -- bulk jobs and tickets --------------------------------------------------------------
 

@@ -5,25 +5,34 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
+from typing import Any
 
 from server.services.cache import CachedAnswer
-from server.services.generation import Queued
+from server.services.generation import Answer, Queued
 
 
 @dataclass(frozen=True)
 class Content:
-    """A piece of the answer."""
+    """A piece of the answer: text, and for native clients its reasoning, tool calls and the
+    upstream chunk it came in (None for a replayed hit)."""
 
     text: str
+    thinking: str = ""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    raw: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
 class Done:
-    """The end of a successful answer."""
+    """The end of a successful answer: for native clients, Ollama's done chunk (`final`,
+    live answers) or the stored answer (`hit`, replays)."""
 
     model: str
     cached: bool
     stats: dict[str, int]
+    final: dict[str, Any] | None = None
+    hit: CachedAnswer | None = None
+    answer: Answer | None = None  # a live answer whole (text, thinking, tool calls)
 
 
 ChatEvent = Queued | Content | Done
@@ -55,6 +64,7 @@ class RequestRecord:
 
     request_id: str
     model: str
+    endpoint: str = "chat-optimized"
     started: float = field(default_factory=time.time)
     cached: bool = False
     queue_ms: int = 0

@@ -34,6 +34,12 @@ class CachedAnswer:
     eval_count: int
     stored_at: float  # time.monotonic() when stored; the TTL counts from here
     size: int = 0  # accounted bytes, set by ResponseCache.put
+    # What a native (Ollama API) replay gives back besides the text.
+    thinking: str = ""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    done_reason: str = "stop"
+    prompt_eval_count: int = 0
+    context: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -56,19 +62,29 @@ def cache_key(
     messages: Iterable[dict[str, Any]],
     options: dict[str, Any] | None,
     fmt: str | dict[str, Any] | None,
+    *,
+    kind: str = "chat",
+    extra: dict[str, Any] | None = None,
 ) -> str:
     """Hash of everything that changes the answer, as canonical JSON.
 
     `messages` are the effective ones (the system prompt already applied) with every field
-    that reaches Ollama (images, tool calls, …), not just role and content.
+    that reaches Ollama (images, tool calls, …), not just role and content. `kind` and `extra`
+    (think, tools, and /api/generate's prompt, system, template, …) enter only when set, so a
+    plain chat asked through /api/chat-optimized and through /api/chat is one entry.
     """
+    doc: dict[str, Any] = {
+        "model": normalize_model(model),
+        "messages": list(messages),
+        "options": options or {},
+        "format": fmt,
+    }
+    if kind != "chat":
+        doc["kind"] = kind
+    if extra:
+        doc["extra"] = extra
     canonical = json.dumps(
-        {
-            "model": normalize_model(model),
-            "messages": list(messages),
-            "options": options or {},
-            "format": fmt,
-        },
+        doc,
         sort_keys=True,
         ensure_ascii=False,
         separators=(",", ":"),
@@ -120,15 +136,21 @@ class ResponseCache:
             self.counters.hits += 1
         return answer
 
-    def put(self, key: str, text: str, model: str, eval_count: int) -> bool:
-        """Store a complete answer; False when disabled or larger than the whole cache."""
+    def put(self, key: str, text: str, model: str, eval_count: int, **native: Any) -> bool:
+        """Store a complete answer (`native`: CachedAnswer's thinking, tool_calls, done_reason,
+        prompt_eval_count, context); False when disabled or larger than the whole cache."""
         if not self.enabled:
             return False
         size = sys.getsizeof(key) + sys.getsizeof(text) + ENTRY_OVERHEAD
+        if native:
+            # Rare and small beside the text: their JSON length is close enough.
+            size += sys.getsizeof(native.get("thinking", "")) + len(
+                json.dumps([native.get("tool_calls"), native.get("context")])
+            )
         if size > self._store.maxsize:
             log.info("answer of %d bytes is larger than the whole cache; not stored", size)
             return False
-        self._store[key] = CachedAnswer(text, model, eval_count, time.monotonic(), size)
+        self._store[key] = CachedAnswer(text, model, eval_count, time.monotonic(), size, **native)
         return True
 
     def clear(self) -> int:

@@ -34,9 +34,39 @@ class Queued:
 
 @dataclass(frozen=True)
 class Piece:
-    """A piece of the answer, as Ollama produced it."""
+    """A piece of the answer, as Ollama produced it: text, reasoning, tool calls, and the chunk
+    itself (`raw`), which a native client gets as it came."""
 
     text: str
+    thinking: str = ""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    raw: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A complete answer: what the cache keeps and a replay gives back."""
+
+    text: str
+    thinking: str = ""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    done_reason: str = "stop"
+    prompt_eval_count: int = 0
+    eval_count: int = 0
+    context: tuple[int, ...] | None = None  # /api/generate's
+
+
+def piece_of(chunk: dict[str, Any]) -> Piece | None:
+    """What one upstream chunk (of /api/chat or /api/generate) adds to the answer."""
+    message = chunk.get("message")
+    if isinstance(message, dict):
+        text, thinking = message.get("content") or "", message.get("thinking") or ""
+        tool_calls = message.get("tool_calls") or ()
+    else:
+        text, thinking, tool_calls = chunk.get("response") or "", chunk.get("thinking") or "", ()
+    if not (text or thinking or tool_calls):
+        return None
+    return Piece(str(text), str(thinking), tuple(tool_calls), chunk)
 
 
 class Listener(Protocol):
@@ -67,14 +97,17 @@ class Generation:
         queue: GenerationQueue,
         entry: QueueEntry,
         payload: dict[str, Any],
-        on_complete: Callable[[str, int], None] | None = None,
+        path: str = "/api/chat",
+        on_complete: Callable[[Answer], None] | None = None,
         on_finish: Callable[[Generation], None] | None = None,
     ) -> None:
         self.ollama = ollama
         self.queue = queue
         self.entry = entry
         self.payload = payload
-        self.parts: list[str] = []
+        self.path = path
+        self.pieces: list[Piece] = []
+        self.final: dict[str, Any] | None = None  # Ollama's done chunk
         self.tokens = 0
         self.error: GatewayError | None = None
         self.finished = False
@@ -93,27 +126,42 @@ class Generation:
     def waiting(self) -> bool:
         return self.entry.state is State.WAITING
 
+    def answer(self) -> Answer:
+        final = self.final or {}
+        context = final.get("context")
+        return Answer(
+            text="".join(p.text for p in self.pieces),
+            thinking="".join(p.thinking for p in self.pieces),
+            tool_calls=tuple(call for p in self.pieces for call in p.tool_calls),
+            done_reason=str(final.get("done_reason") or "stop"),
+            prompt_eval_count=int(final.get("prompt_eval_count") or 0),
+            eval_count=int(final.get("eval_count") or 0),
+            context=tuple(context) if isinstance(context, list) else None,
+        )
+
     async def _run(self) -> None:
         outcome, generation_ms = "failed", None
         try:
             await self.queue.wait_turn(self.entry)
             began = time.monotonic()
-            async for chunk in self.ollama.chat_stream(self.payload):
-                text = (chunk.get("message") or {}).get("content") or ""
-                if text:
+            async for chunk in self.ollama.chat_stream(self.payload, self.path):
+                piece = piece_of(chunk)
+                if piece is not None:
                     if self.first_token_at is None:
                         self.first_token_at = time.monotonic()
-                    self.parts.append(text)
-                    self.signal.fire()
+                    self.pieces.append(piece)
                 if chunk.get("done"):
+                    self.final = chunk
                     self.tokens = int(chunk.get("eval_count") or 0)
+                if piece is not None or self.final is not None:
+                    self.signal.fire()
             generation_ms = (time.monotonic() - began) * 1000
             # Only here, after Ollama's done chunk, is the answer complete: failed, timed-out,
             # cancelled and abandoned generations never reach this line, so none is cached.
             self.completed = True
             outcome = "completed"
             if self._on_complete is not None:
-                self._on_complete("".join(self.parts), self.tokens)
+                self._on_complete(self.answer())
         except GatewayError as exc:
             self.error = exc
         except asyncio.CancelledError:
@@ -158,9 +206,9 @@ class Generation:
                     if position != last_position or now - last_told >= HEARTBEAT_S:
                         last_position, last_told = position, now
                         yield Queued(position, self.queue.eta_ms(position))
-                while sent < len(self.parts):
+                while sent < len(self.pieces):
                     sent += 1
-                    yield Piece(self.parts[sent - 1])
+                    yield self.pieces[sent - 1]
                 if self.finished:
                     if self.completed:
                         return

@@ -96,13 +96,16 @@ class OllamaClient:
 
     # -- chat -------------------------------------------------------------------------------
 
-    async def chat_stream(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Yield Ollama's chat chunks, ending with the `done` chunk; raise GatewayError on failure.
+    async def chat_stream(
+        self, payload: dict[str, Any], path: str = "/api/chat"
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield Ollama's chunks of /api/chat (or /api/generate), ending with the `done` chunk;
+        raise GatewayError on failure.
 
         Closing the generator early (a client went away) closes the upstream connection, which
         is how Ollama learns to stop generating.
         """
-        url = f"{self.base_url}/api/chat"
+        url = f"{self.base_url}{path}"
         model = payload.get("model", "")
         self.counters.requests += 1
         with self._errors(count=True):
@@ -114,7 +117,9 @@ class OllamaClient:
                 self._mark_reachable()
                 async for chunk in _ndjson(resp):
                     if "error" in chunk:
-                        raise UpstreamError(f"Ollama failed mid-answer: {chunk['error']}")
+                        err = UpstreamError(f"Ollama failed mid-answer: {chunk['error']}")
+                        err.upstream_text = str(chunk["error"])
+                        raise err
                     if chunk.get("done"):
                         self.counters.tokens_generated += int(chunk.get("eval_count") or 0)
                         yield chunk
@@ -135,6 +140,39 @@ class OllamaClient:
                 self._mark_reachable()
                 data: dict[str, Any] = await resp.json(content_type=None)
                 return data
+
+    # -- relaying the rest of Ollama's API as it is ----------------------------------------------
+
+    async def send(
+        self, method: str, path: str, *, json_body: Any = None
+    ) -> tuple[int, str, bytes]:
+        """One request relayed whole: (status, Content-Type, body). Unreachable raises."""
+        with self._errors(count=False):
+            async with self.session.request(
+                method, f"{self.base_url}{path}", json=json_body, timeout=self._timeout()
+            ) as resp:
+                body = await resp.read()
+                self._mark_reachable()
+                return resp.status, resp.headers.get("Content-Type", ""), body
+
+    async def relay(
+        self, method: str, path: str, *, json_body: Any = None, data: Any = None
+    ) -> AsyncIterator[tuple[int, str] | bytes]:
+        """A request whose answer is relayed as it comes: first (status, Content-Type), then the
+        body in pieces as they arrive (a pull's progress lines). `data` may be an async iterator
+        of bytes: an upload streamed through, never held whole."""
+        with self._errors(count=False):
+            async with self.session.request(
+                method,
+                f"{self.base_url}{path}",
+                json=json_body,
+                data=data,
+                timeout=self._timeout(),
+            ) as resp:
+                self._mark_reachable()
+                yield resp.status, resp.headers.get("Content-Type", "")
+                async for piece in resp.content.iter_any():
+                    yield piece
 
     async def warm_up(self, model: str, keep_alive: str) -> bool:
         """Ask Ollama to load the model (an empty chat request); log and report the outcome."""
@@ -204,6 +242,13 @@ class OllamaClient:
             message = text or resp.reason or "no details"
         self._mark_reachable()  # it answered, so it is up
         message = message if len(message) <= 300 else message[:299] + "…"
+        err = self._http_error_of(resp, model, message)
+        err.upstream_text, err.upstream_status = message, resp.status
+        return err
+
+    def _http_error_of(
+        self, resp: aiohttp.ClientResponse, model: str, message: str
+    ) -> GatewayError:
         if resp.status == 404 and model:
             return ModelNotFound(
                 f"model {quote(model)} not found in Ollama at {self.base_url} "
