@@ -57,10 +57,14 @@ class ServerSection:
         ),
     )
     port: int = field(default=8080, metadata=_meta("TCP port of the HTTP API", min=1, max=65535))
+    # 32 MiB: a chat with a few photos (base64 in the JSON) fits, as it does in Ollama.
     max_body_kb: int = field(
-        default=1024,
+        default=32768,
         metadata=_meta(
-            "Largest accepted request body, in KiB (larger gets 413)", min=1, max=1048576
+            "Largest accepted request body, in KiB (larger gets 413); model uploads to "
+            "/api/blobs stream through and are not limited",
+            min=1,
+            max=1048576,
         ),
     )
     idle_timeout_seconds: float = field(

@@ -27,7 +27,7 @@ from server.chat_request import ChatRequest
 from server.config import Config
 from server.errors import GatewayError
 from server.services.batch import BulkProcessor, Coalescer
-from server.services.cache import CachedAnswer, ResponseCache, cache_key
+from server.services.cache import CachedAnswer, ResponseCache, cache_key, normalize_model
 from server.services.generation import Answer, Generation, Queued
 from server.services.ollama import OllamaClient, OllamaCounters
 from server.services.queue import GenerationQueue, Priority
@@ -39,6 +39,7 @@ log = logging.getLogger("chatbot.gateway")
 # A cache hit is replayed in word-sized pieces, each with the whitespace before it, as a
 # model's tokens would come; joined they are exactly the stored text.
 _WORDS = re.compile(r"\s*\S+|\s+")
+MAX_MODELS = 50
 
 
 class Gateway:
@@ -70,6 +71,10 @@ class Gateway:
         self.started_at = time.time()
         self.recent: deque[RequestRecord] = deque(maxlen=100)
         self.requests_total = 0  # chat requests answered or failed, for requests per second
+        # Requests and cache hits per endpoint (chat-optimized, chat, generate, embed) and per
+        # model; models are client text, so at most MAX_MODELS are told apart.
+        self.by_endpoint: dict[str, dict[str, int]] = {}
+        self.by_model: dict[str, dict[str, int]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -252,10 +257,23 @@ class Gateway:
         finally:
             self._finish(record, timer, ticket)
 
-    def _finish(self, record: RequestRecord, timer: Timer, ticket: Ticket) -> None:
-        record.total_ms = record.total_ms or timer.ms()
+    def record(self, record: RequestRecord) -> None:
+        """Count a finished request: the recent table, and the per-endpoint and model figures."""
         self.recent.append(record)
         self.requests_total += 1
+        model = normalize_model(record.model)
+        if model not in self.by_model and len(self.by_model) >= MAX_MODELS:
+            model = "(other)"
+        for table, name in ((self.by_endpoint, record.endpoint), (self.by_model, model)):
+            counts = table.get(name)
+            if counts is None:
+                counts = table[name] = {"requests": 0, "hits": 0}
+            counts["requests"] += 1
+            counts["hits"] += record.cached
+
+    def _finish(self, record: RequestRecord, timer: Timer, ticket: Ticket) -> None:
+        record.total_ms = record.total_ms or timer.ms()
+        self.record(record)
         status = {"ok": "completed", "cancelled": "cancelled", "disconnected": "cancelled"}
         self.tickets.finish(ticket, status.get(record.status, "failed"))
 
@@ -375,6 +393,8 @@ class Gateway:
         self.cache.reset_stats()
         self.queue.reset_stats()
         self.coalescer.coalesced = 0
+        self.by_endpoint.clear()
+        self.by_model.clear()
         self.bulk_processor.batches = self.bulk_processor.items = 0
         self.ollama.counters = OllamaCounters()
 
@@ -422,6 +442,8 @@ class Gateway:
             },
             "memory": {"rss_mb": round(self._process.memory_info().rss / 2**20, 1)},
             "requests_total": self.requests_total,
+            "endpoints": {k: dict(v) for k, v in self.by_endpoint.items()},
+            "models": {k: dict(v) for k, v in self.by_model.items()},
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
 

@@ -1,0 +1,184 @@
+"""POST /api/embed and the legacy POST /api/embeddings, cached per input.
+
+Each input text is its own cache entry (keyed by model, text, truncate, dimensions and options):
+a list with some inputs cached sends only the missing ones to Ollama, in one call that waits its
+turn in the queue like a generation, and the answer keeps the original order. Re-indexing
+unchanged documents costs Ollama nothing. An empty input (Ollama's "load the model") is relayed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aiohttp import web
+
+from server.errors import BadRequest, UpstreamError
+from server.gateway import Gateway
+from server.handlers.body import read_json
+from server.handlers.native import native_errors, request_id
+from server.json_checks import lone_surrogate_path
+from server.keys import CHAT_INFO, GATEWAY
+from server.services.cache import cache_key
+from server.services.queue import Priority
+from server.streams import RequestRecord
+
+routes = web.RouteTableDef()
+
+
+def _key(kind: str, model: str, text: str, body: dict[str, Any]) -> str:
+    extra = {"input": text}
+    for name in ("truncate", "dimensions"):
+        if body.get(name) is not None:
+            extra[name] = body[name]
+    return cache_key(model, (), body.get("options"), None, kind=kind, extra=extra)
+
+
+def _check(body: Any, text_field: str) -> tuple[str, list[str] | str | None]:
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_body")
+    where = lone_surrogate_path(body)
+    if where is not None:
+        raise BadRequest(
+            f"{where}: contains a lone UTF-16 surrogate; send valid Unicode text",
+            code="invalid_input",
+        )
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise BadRequest("model is required", code="invalid_model")
+    if body.get("options") is not None and not isinstance(body["options"], dict):
+        raise BadRequest("options: must be an object", code="invalid_options")
+    value = body.get(text_field)
+    ok = value is None or isinstance(value, str)
+    ok = ok or (text_field == "input" and isinstance(value, list))
+    if not ok or (isinstance(value, list) and not all(isinstance(v, str) for v in value)):
+        # Ollama's own words for it.
+        raise BadRequest("invalid input type", code=f"invalid_{text_field}")
+    return model.strip(), value
+
+
+@routes.post("/api/embed")
+@native_errors
+async def embed(request: web.Request) -> web.Response:
+    started = time.perf_counter_ns()
+    gateway = request.app[GATEWAY]
+    body = await read_json(request)
+    model, value = _check(body, "input")
+    if value is None or value == "" or value == []:
+        return await _relay(gateway, "/api/embed", body)
+    inputs = [value] if isinstance(value, str) else list(value)
+    keys = [_key("embed", model, text, body) for text in inputs]
+    vectors: list[list[float] | None] = [_cached(gateway, k) for k in keys]
+    missing = list(dict.fromkeys(t for t, v in zip(inputs, vectors, strict=True) if v is None))
+    prompt_tokens = 0
+    rid = request_id(request)
+    info: dict[str, Any] = {"request_id": rid, "model": model}
+    request[CHAT_INFO] = info
+    if missing:
+        answer = await _upstream(gateway, rid, model, "/api/embed", {**body, "input": missing})
+        fresh = answer.get("embeddings")
+        if not isinstance(fresh, list) or len(fresh) != len(missing):
+            raise UpstreamError("Ollama answered /api/embed without one embedding per input")
+        prompt_tokens = int(answer.get("prompt_eval_count") or 0)
+        got = dict(zip(missing, fresh, strict=True))
+        for i, text in enumerate(inputs):
+            if vectors[i] is None:
+                vectors[i] = got[text]
+                _store(gateway, keys[i], model, got[text])
+    info.update(cached=not missing, eval_count=0)
+    _record(gateway, rid, model, "embed", cached=not missing, started=started)
+    out: dict[str, Any] = {
+        "model": model,
+        "embeddings": vectors,
+        "total_duration": max(1, time.perf_counter_ns() - started),
+    }
+    if prompt_tokens:
+        out["prompt_eval_count"] = prompt_tokens
+    return _json(out, cached=not missing, rid=rid)
+
+
+@routes.post("/api/embeddings")
+@native_errors
+async def embeddings(request: web.Request) -> web.Response:
+    """The legacy endpoint: one `prompt`, `{"embedding": [...]}` (not normalised, as Ollama)."""
+    started = time.perf_counter_ns()
+    gateway = request.app[GATEWAY]
+    body = await read_json(request)
+    model, prompt = _check(body, "prompt")
+    if not prompt:
+        return await _relay(gateway, "/api/embeddings", body)
+    assert isinstance(prompt, str)
+    key = _key("embeddings", model, prompt, body)
+    vector = _cached(gateway, key)
+    rid = request_id(request)
+    request[CHAT_INFO] = {"request_id": rid, "model": model, "cached": vector is not None}
+    if vector is None:
+        answer = await _upstream(gateway, rid, model, "/api/embeddings", body)
+        vector = answer.get("embedding")
+        if not isinstance(vector, list):
+            raise UpstreamError("Ollama answered /api/embeddings without an embedding")
+        _store(gateway, key, model, vector)
+        _record(gateway, rid, model, "embed", cached=False, started=started)
+        return _json({"embedding": vector}, cached=False, rid=rid)
+    _record(gateway, rid, model, "embed", cached=True, started=started)
+    return _json({"embedding": vector}, cached=True, rid=rid)
+
+
+def _cached(gateway: Gateway, key: str) -> list[float] | None:
+    hit = gateway.cache.get(key)
+    return json.loads(hit.text) if hit is not None else None
+
+
+def _store(gateway: Gateway, key: str, model: str, vector: list[float]) -> None:
+    # Compact JSON: a 768-float vector is ~15 KB as text, counted as such by the cache.
+    gateway.cache.put(key, json.dumps(vector, separators=(",", ":")), model, 0)
+
+
+async def _upstream(
+    gateway: Gateway, rid: str, model: str, path: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    """One embedding call to Ollama, in its turn like a generation."""
+    entry = gateway.queue.enqueue(Priority.INTERACTIVE, label=rid)
+    outcome = "failed"
+    try:
+        await gateway.queue.wait_turn(entry)
+        status, _, data = await gateway.ollama.send("POST", path, json_body=body)
+        if status >= 400:
+            err = UpstreamError(f"Ollama answered HTTP {status} to {path}", status=502)
+            err.upstream_status = status
+            try:
+                err.upstream_text = str(json.loads(data).get("error") or data.decode())
+            except (ValueError, AttributeError):
+                err.upstream_text = data.decode(errors="replace")
+            raise err
+        outcome = "completed"
+        answer: dict[str, Any] = json.loads(data)
+        return answer
+    finally:
+        # No generation time: a quick embedding would make the queue's ETAs too hopeful.
+        gateway.queue.release(entry, outcome)
+
+
+async def _relay(gateway: Gateway, path: str, body: dict[str, Any]) -> web.Response:
+    status, content_type, data = await gateway.ollama.send("POST", path, json_body=body)
+    return web.Response(
+        status=status,
+        body=data,
+        content_type=content_type.split(";")[0] or "application/json",
+        charset="utf-8",
+        headers={"X-Cache": "MISS"},
+    )
+
+
+def _record(
+    gateway: Gateway, rid: str, model: str, endpoint: str, *, cached: bool, started: int
+) -> None:
+    ms = round((time.perf_counter_ns() - started) / 1e6)
+    gateway.record(RequestRecord(rid, model, endpoint, cached=cached, ttft_ms=ms, total_ms=ms))
+
+
+def _json(obj: dict[str, Any], *, cached: bool, rid: str) -> web.Response:
+    return web.json_response(
+        obj, headers={"X-Cache": "HIT" if cached else "MISS", "X-Request-Id": rid}
+    )
