@@ -9,6 +9,9 @@ bash scripts/bootstrap.sh test
 # The tests run the frontend's own stream-parsing code under Node, and curl as the guide does.
 command -v node >/dev/null || apt_install nodejs
 command -v curl >/dev/null || apt_install curl
+# The official ollama package for JavaScript, which a test drives against the gateway.
+command -v npm >/dev/null || apt_install npm
+(cd tests/js && npm ci --no-audit --no-fund --silent)
 # desktop-file-validate checks the desktop entry (tests/server/test_packaging_files.py).
 command -v desktop-file-validate >/dev/null || apt_install desktop-file-utils || true
 # Qt's offscreen platform needs a few shared libraries a minimal Debian lacks.
