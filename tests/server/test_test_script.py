@@ -30,6 +30,11 @@ def run_script(tmp_path: Path, fail: str) -> tuple[subprocess.CompletedProcess[s
     shutil.copy(ROOT / "scripts" / "test.sh", tree / "scripts" / "test.sh")
     shutil.copy(ROOT / "scripts" / "lib.sh", tree / "scripts" / "lib.sh")
     (tree / "scripts" / "bootstrap.sh").write_text("exit 0\n")  # the venv is "there"
+    (tree / "tests" / "js").mkdir(parents=True)  # npm ci runs there (stubbed below)
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    (tools / "npm").write_text("#!/bin/sh\nexit 0\n")
+    (tools / "npm").chmod(0o755)
     bin_dir = tree / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
     for name in ("python", "ruff", "mypy"):
@@ -39,7 +44,12 @@ def run_script(tmp_path: Path, fail: str) -> tuple[subprocess.CompletedProcess[s
     log.touch()
     result = subprocess.run(
         ["bash", str(tree / "scripts" / "test.sh"), "-q"],
-        env={**os.environ, "LOG": str(log), "FAIL": fail},
+        env={
+            **os.environ,
+            "LOG": str(log),
+            "FAIL": fail,
+            "PATH": f"{tools}{os.pathsep}{os.environ['PATH']}",
+        },
         capture_output=True,
         text=True,
         timeout=60,
