@@ -96,6 +96,8 @@ async def _stream(
         async with contextlib.aclosing(stream):
             async for event in stream:
                 if isinstance(event, Content):
+                    if not event.text:
+                        continue  # reasoning or tool calls only: this API carries the text
                     frame = {"content": event.text, "done": False, "request_id": rid}
                 elif isinstance(event, Queued):
                     frame = {
