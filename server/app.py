@@ -14,7 +14,7 @@ from aiohttp import web
 
 from server.errors import GatewayError
 from server.gateway import Gateway
-from server.handlers import chat, embed, native, queue, stats
+from server.handlers import chat, embed, native, ollama_relay, queue, stats
 from server.handlers.body import expect_handler
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
 
@@ -35,7 +35,14 @@ def create_app(gateway: Gateway) -> web.Application:
     app[GATEWAY] = gateway
     app[ACTIVE_STREAMS] = set()
     app.on_response_prepare.append(_add_cors_headers)
-    for table in (chat.routes, stats.routes, queue.routes, native.routes, embed.routes):
+    for table in (
+        chat.routes,
+        stats.routes,
+        queue.routes,
+        native.routes,
+        embed.routes,
+        ollama_relay.routes,
+    ):
         for route in table:
             assert isinstance(route, web.RouteDef)
             # Every route answers `Expect: 100-continue` with a 413 up front when the announced

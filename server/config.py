@@ -140,6 +140,13 @@ class OllamaSection:
         default=15,
         metadata=_meta("How often Ollama's reachability is checked", min=1, max=3600),
     )
+    allow_management: bool = field(
+        default=True,
+        metadata=_meta(
+            "Relay Ollama's model management (pull, push, create, copy, delete, blob uploads); "
+            "false answers those with 403"
+        ),
+    )
 
 
 @dataclass(frozen=True)
