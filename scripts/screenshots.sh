@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 out="${1:-docs}"
 mkdir -p "$out"
 tmp=$(mktemp -d)
-export DISPLAY=:77 XDG_CONFIG_HOME="$tmp/xdg" QT_QPA_PLATFORM=xcb
+# A runtime directory of its own: a companion the user has running must not answer for this one.
+mkdir -m 700 "$tmp/run"
+export DISPLAY=:77 XDG_CONFIG_HOME="$tmp/xdg" XDG_RUNTIME_DIR="$tmp/run" QT_QPA_PLATFORM=xcb
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$tmp"; }
 trap cleanup EXIT
@@ -33,6 +35,15 @@ for q in a b c d; do chat "parallel $q" & done; sleep 0.5
 chat "Explain queues"; chat "Summarize this" qwen3:4b &
 sleep 2
 for _ in $(seq 6); do chat "What is a cache?"; sleep 0.7; done
+# Ollama's own API too, so the dashboard has more than one endpoint to tell apart.
+native() { curl -s -X POST "localhost:8477/api/$1" -H 'Content-Type: application/json' \
+  -d "$2" >/dev/null; }
+for q in "Hello" "Hello" "What is RAM?"; do
+  native chat "{\"model\":\"llama3.2\",\"messages\":[{\"role\":\"user\",\"content\":\"$q\"}],\"stream\":false}"
+done
+for prompt in "Write a haiku" "Write a haiku"; do
+  native generate "{\"model\":\"qwen3:4b\",\"prompt\":\"$prompt\",\"stream\":false}"
+done
 wait_chats() { sleep 3; }
 wait_chats
 

@@ -11,8 +11,18 @@ from PySide6.QtGui import QColor, QPalette
 from app.dashboard import formatting as fmt
 from app.dashboard.colors import BAD, WARN, text_tone
 
-COLUMNS = ("Time", "Model", "Cached", "Queue (ms)", "TTFT (ms)", "Total (ms)", "Tokens", "Status")
-NUMERIC = frozenset({3, 4, 5, 6})
+COLUMNS = (
+    "Time",
+    "Endpoint",
+    "Model",
+    "Cached",
+    "Queue (ms)",
+    "TTFT (ms)",
+    "Total (ms)",
+    "Tokens",
+    "Status",
+)
+NUMERIC = frozenset(COLUMNS.index(c) for c in ("Queue (ms)", "TTFT (ms)", "Total (ms)", "Tokens"))
 STATUS = COLUMNS.index("Status")
 MAX_ROWS = 100
 # Interrupted by the client rather than failed: amber, not red.
@@ -33,9 +43,13 @@ def make_row(rec: Mapping[str, Any]) -> Row:
     status = str(rec.get("status", ""))
     request_id = str(rec.get("request_id", ""))
     when = float(rec.get("time", 0.0))
+    endpoint = str(rec.get("endpoint") or "")
+    model = str(rec.get("model", ""))
     cells = (
         fmt.clock(when),
-        str(rec.get("model", "")),
+        # Records from before the native API have no endpoint: a dash rather than a guess.
+        endpoint or fmt.DASH,
+        model,
         "yes" if rec.get("cached") else "no",
         fmt.millis(rec.get("queue_ms")),
         fmt.millis(rec.get("ttft_ms")),
@@ -43,7 +57,7 @@ def make_row(rec: Mapping[str, Any]) -> Row:
         f"{int(rec.get('tokens') or 0):,}",
         status,
     )
-    tooltip = " · ".join(filter(None, (request_id, cells[1], status)))
+    tooltip = " · ".join(filter(None, (request_id, endpoint, model, status)))
     return Row((request_id, when), cells, status, tooltip)
 
 

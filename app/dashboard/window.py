@@ -1,6 +1,6 @@
-"""The dashboard window: an Overview tab with the banner, tiles, charts, request table and log
-tail, rendering the once-a-second snapshot into them, and a Settings tab. It never calls
-services; it emits signals."""
+"""The dashboard window: an Overview tab with the banner, tiles, the per-endpoint and per-model
+breakdown, charts, request table and log tail, rendering the once-a-second snapshot into them,
+and a Settings tab. It never calls services; it emits signals."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 
 from app.dashboard import formatting as fmt
 from app.dashboard.banner import StateBanner
+from app.dashboard.breakdown import Breakdown
 from app.dashboard.colors import BAD, GOOD
 from app.dashboard.log_tail import LogTail
 from app.dashboard.requests_model import COLUMNS, RequestsModel
@@ -42,10 +43,12 @@ TILES: dict[str, tuple[str, str]] = {
     "cache": ("Cache", "Cached responses and their size against the configured maximum"),
     "queue": ("Queue", "Requests waiting for a generation slot, and slots in use"),
     "memory": ("Memory", "Resident memory (RSS) of this process: server and dashboard"),
-    "requests": ("Requests", "Chat requests per second over the last few seconds"),
+    "requests": ("Requests", "Requests answered per second over the last few seconds"),
     "ollama": ("Ollama", "Whether Ollama answers, the configured model and its latency"),
 }
 FLUSHABLE_STATES = frozenset({"serving", "ollama_down"})
+# The widest text a fixed-width column of the requests table must fit (else its header).
+COLUMN_SAMPLES = {"Time": "00:00:00", "Endpoint": "chat-optimized", "Status": "ollama_unavailable"}
 
 
 def _section(title: str, body: QWidget) -> QWidget:
@@ -91,6 +94,7 @@ class DashboardWindow(QMainWindow):
         self.restart_button.clicked.connect(self._on_restart)
 
         self.tiles: dict[str, Tile] = {key: Tile(*spec) for key, spec in TILES.items()}
+        self.breakdown = Breakdown()
         self.charts: dict[str, Sparkline] = {
             "hit_rate": Sparkline("Hit rate, last minute", fmt.percent, fixed_range=(0.0, 1.0)),
             "queue": Sparkline("Queue depth", lambda v: f"{v:,.0f}", floor=0.0, min_span=4.0),
@@ -130,9 +134,9 @@ class DashboardWindow(QMainWindow):
         header.setStretchLastSection(False)
         header.setSectionResizeMode(COLUMNS.index("Model"), QHeaderView.ResizeMode.Stretch)
         metrics = table.fontMetrics()
-        samples = ["00:00:00", "", "Cached", "Queue (ms)", "TTFT (ms)", "Total (ms)", "Tokens"]
-        for col, sample in enumerate([*samples, "ollama_unavailable"]):
-            if sample:
+        for col, name in enumerate(COLUMNS):
+            if name != "Model":
+                sample = COLUMN_SAMPLES.get(name, name)
                 header.resizeSection(col, metrics.horizontalAdvance(sample) + 28)
         return table
 
@@ -167,6 +171,7 @@ class DashboardWindow(QMainWindow):
         layout.setSpacing(10)
         layout.addLayout(top)
         layout.addLayout(tiles)
+        layout.addWidget(self.breakdown)
         layout.addLayout(charts, 1)
         layout.addWidget(splitter, 4)
         self.tabs.setDocumentMode(True)
@@ -211,10 +216,12 @@ class DashboardWindow(QMainWindow):
         self.tiles["memory"].set_values(f"{rss:,.0f} MB RSS", "this process")
         self.tiles["requests"].set_values(
             fmt.per_second(float(snap.get("requests_per_s", 0.0))),
-            # Chat requests answered (hits included), and generations that failed upstream.
+            # Requests answered on every endpoint (hits included), and failed generations.
             f"{snap.get('requests_total', 0):,} total · {queue.get('failed', 0):,} failed",
         )
         self._render_ollama(ollama)
+        self.breakdown.set_counts("endpoints", snap.get("endpoints"))
+        self.breakdown.set_counts("models", snap.get("models"))
 
         # The controller's rate over the last minute; the tile keeps the rate since start.
         self.charts["hit_rate"].add(float(snap.get("hit_rate_recent", hit_rate)))

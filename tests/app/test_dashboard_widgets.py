@@ -1,4 +1,5 @@
-"""The dashboard window fed synthetic snapshots: tiles, charts, table, log, buttons, close."""
+"""The dashboard window fed synthetic snapshots: tiles, breakdown, charts, table, log, buttons,
+close."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from typing import Any
 
 import pytest
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QMessageBox
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QMessageBox, QWidget
 from pytestqt.qtbot import QtBot
 
 from app.dashboard import DashboardWindow
 from app.dashboard import formatting as fmt
+from app.dashboard.requests_model import COLUMNS
 
 pytestmark = [
     # Qt warnings (bad fonts, layout loops, wrong signals) fail the test; the offscreen plugin's
@@ -31,6 +34,7 @@ def record(i: int, **over: Any) -> dict[str, Any]:
     rec = {
         "time": T0 + i,
         "request_id": f"req-{i}",
+        "endpoint": "chat-optimized",
         "model": "llama3.2",
         "cached": i % 2 == 0,
         "queue_ms": 10 * i,
@@ -93,6 +97,8 @@ def snapshot(**over: Any) -> dict[str, Any]:
         "uptime_seconds": 125.0,
         "requests_per_s": 0.5,
         "api_url": "http://127.0.0.1:8080",
+        "endpoints": {},
+        "models": {},
         "recent": [],
     }
     for key, value in over.items():
@@ -176,6 +182,137 @@ def test_a_long_value_shrinks_and_elides_but_reads_in_full(
     assert "qwen2.5-coder:32b-instruct-q4_K_M" in tile.toolTip()
 
 
+# -- per-endpoint and per-model breakdown -----------------------------------------------------
+
+ENDPOINTS = {
+    "generate": {"requests": 57, "hits": 0},
+    "chat-optimized": {"requests": 1204, "hits": 540},
+    "embed": {"requests": 980, "hits": 702},
+    "chat": {"requests": 310, "hits": 31},
+}
+
+
+def shown(window: DashboardWindow, kind: str) -> list[tuple[str, str]]:
+    return [(c.name, c.figures) for c in window.breakdown.shown(kind)]
+
+
+def test_breakdown_shows_each_endpoint_busiest_first(window: DashboardWindow) -> None:
+    window.update_snapshot(snapshot(endpoints=ENDPOINTS))
+    assert shown(window, "endpoints") == [
+        ("chat-optimized", "1,204 · 45 % hits"),
+        ("embed", "980 · 72 % hits"),
+        ("chat", "310 · 10 % hits"),
+        ("generate", "57 · 0 % hits"),
+    ]
+    tips = [c.tooltip for c in window.breakdown.shown("endpoints")]
+    assert tips[0] == "chat-optimized: 1,204 requests, 540 answered from the cache (45 %)"
+
+
+def test_breakdown_sums_up_models_past_the_first_few(window: DashboardWindow) -> None:
+    models = {
+        "qwen3:4b": {"requests": 12, "hits": 4},
+        "llama3.2:latest": {"requests": 1500, "hits": 600},
+        "mistral:7b": {"requests": 12, "hits": 0},  # ties go by name: mistral before qwen3
+        "nomic-embed-text:latest": {"requests": 980, "hits": 702},
+        "phi4:14b": {"requests": 50, "hits": 10},
+    }
+    window.update_snapshot(snapshot(models=models))
+    assert shown(window, "models") == [
+        ("llama3.2:latest", "1,500 · 40 % hits"),
+        ("nomic-embed-text:latest", "980 · 72 % hits"),
+        ("phi4:14b", "50 · 20 % hits"),
+        ("2 more", "24 · 17 % hits"),
+    ]
+    assert window.breakdown.shown("models")[-1].tooltip.splitlines() == [
+        "mistral:7b: 12 requests, 0 answered from the cache (0 %)",
+        "qwen3:4b: 12 requests, 4 answered from the cache (33 %)",
+    ]
+    # The gateway's bucket for models past its first 50 is summed up with the rest, never
+    # ranked as if it were a model, even when it is busy.
+    window.update_snapshot(
+        snapshot(
+            models={
+                "llama3.2:latest": {"requests": 5, "hits": 1},
+                "(other)": {"requests": 9, "hits": 9},
+            }
+        )
+    )
+    assert shown(window, "models") == [
+        ("llama3.2:latest", "5 · 20 % hits"),
+        ("others", "9 · 100 % hits"),
+    ]
+    assert "models past the first 50" in window.breakdown.shown("models")[-1].tooltip
+
+
+def test_breakdown_follows_the_snapshots_in_the_same_widgets(window: DashboardWindow) -> None:
+    window.update_snapshot(snapshot(endpoints=ENDPOINTS))
+    widgets = window.breakdown.findChildren(QWidget)
+    later = {**ENDPOINTS, "chat": {"requests": 2000, "hits": 1500}}
+    del later["generate"]
+    window.update_snapshot(snapshot(endpoints=later))
+    assert shown(window, "endpoints") == [
+        ("chat", "2,000 · 75 % hits"),
+        ("chat-optimized", "1,204 · 45 % hits"),
+        ("embed", "980 · 72 % hits"),
+    ]
+    window.update_snapshot(snapshot(endpoints={}))
+    assert shown(window, "endpoints") == [("No requests yet", "")]
+    assert window.breakdown.findChildren(QWidget) == widgets
+
+
+def test_breakdown_before_any_request_and_from_an_older_server(window: DashboardWindow) -> None:
+    assert shown(window, "endpoints") == shown(window, "models") == [("No requests yet", "")]
+    window.update_snapshot(snapshot(models={"llama3.2": {"requests": 1, "hits": 0}}))
+    assert shown(window, "endpoints") == [("No requests yet", "")]
+    assert shown(window, "models") == [("llama3.2", "1 · 0 % hits")]
+    older = snapshot(recent=[record(1)])
+    del older["endpoints"], older["models"]
+    window.update_snapshot(older)
+    assert shown(window, "endpoints") == shown(window, "models") == [("—", "")]
+    window.update_snapshot(snapshot(endpoints={"chat": {"requests": 3}, "embed": "junk"}))
+    assert shown(window, "endpoints") == [("chat", "3 · 0 % hits")]
+
+
+def test_a_long_model_name_is_elided_and_reads_in_full(
+    qtbot: QtBot, window: DashboardWindow
+) -> None:
+    window.show()
+    qtbot.waitExposed(window)
+    name = "hf.co/bartowski/Qwen2.5-Coder-32B-Instruct-GGUF:Q4_K_M"
+    window.update_snapshot(snapshot(models={name: {"requests": 7, "hits": 7}}))
+    cell = window.breakdown.cell_widgets("models")[0]
+    assert cell.cell().name == name
+    assert cell.visible_name().endswith("…")
+    assert name in cell.toolTip()
+    assert cell.cell().figures == "7 · 100 % hits"  # the figures are never the part cut off
+
+
+def test_breakdown_paints_with_a_dark_palette(qtbot: QtBot, window: DashboardWindow) -> None:
+    dark = QPalette()
+    for role, color in (
+        (QPalette.ColorRole.Window, "#2b2b2b"),
+        (QPalette.ColorRole.Base, "#1e1e1e"),
+        (QPalette.ColorRole.Text, "#e6e6e6"),
+        (QPalette.ColorRole.WindowText, "#e6e6e6"),
+        (QPalette.ColorRole.PlaceholderText, "#9a9a9a"),
+        (QPalette.ColorRole.Mid, "#555555"),
+    ):
+        dark.setColor(role, QColor(color))
+    window.setPalette(dark)
+    window.show()
+    qtbot.waitExposed(window)
+    window.update_snapshot(snapshot(endpoints=ENDPOINTS))
+    image = window.breakdown.grab().toImage()
+    background = image.pixelColor(image.width() // 2, 3)
+    assert background.lightnessF() < 0.2
+    lightest = max(
+        image.pixelColor(x, y).lightnessF()
+        for x in range(0, image.width() // 4)
+        for y in range(image.height())
+    )
+    assert lightest > 0.7  # names painted in the palette's light text colour, not black
+
+
 # -- charts -----------------------------------------------------------------------------------
 
 
@@ -210,20 +347,54 @@ def test_charts_keep_five_minutes(window: DashboardWindow) -> None:
 def test_table_shows_recent_requests_newest_first(window: DashboardWindow) -> None:
     recent = [
         record(1),
-        record(2, cached=True, queue_ms=0, ttft_ms=None, total_ms=3, tokens=1234),
-        record(3, status="ollama_unavailable", model="qwen2.5"),
+        record(2, endpoint="embed", cached=True, queue_ms=0, ttft_ms=None, total_ms=3, tokens=1234),
+        record(3, endpoint="generate", status="ollama_unavailable", model="qwen2.5"),
     ]
     window.update_snapshot(snapshot(recent=recent))
     rows = table_rows(window)
     model = window.requests_table.model()
     headers = [model.headerData(c, Qt.Orientation.Horizontal) for c in range(model.columnCount())]
     assert headers == [
-        "Time", "Model", "Cached", "Queue (ms)", "TTFT (ms)", "Total (ms)", "Tokens", "Status"
+        "Time", "Endpoint", "Model", "Cached", "Queue (ms)", "TTFT (ms)", "Total (ms)", "Tokens",
+        "Status",
     ]  # fmt: skip
     assert [r[-1] for r in rows] == ["ollama_unavailable", "ok", "ok"]
-    assert rows[0][:2] == [time.strftime("%H:%M:%S", time.localtime(T0 + 3)), "qwen2.5"]
-    assert rows[1][2:] == ["yes", "0", "—", "3", "1,234", "ok"]
-    assert rows[2][2:] == ["no", "10", "101", "1,001", "51", "ok"]
+    assert rows[0][:3] == [time.strftime("%H:%M:%S", time.localtime(T0 + 3)), "generate", "qwen2.5"]
+    assert rows[1][1:] == ["embed", "llama3.2", "yes", "0", "—", "3", "1,234", "ok"]
+    assert rows[2][1:] == ["chat-optimized", "llama3.2", "no", "10", "101", "1,001", "51", "ok"]
+    assert "generate" in model.index(0, 0).data(Qt.ItemDataRole.ToolTipRole)
+
+
+def test_table_aligns_figures_right_and_colours_only_the_status(window: DashboardWindow) -> None:
+    window.update_snapshot(snapshot(recent=[record(1, status="ollama_unavailable")]))
+    model = window.requests_table.model()
+    right = [
+        bool(
+            model.index(0, c).data(Qt.ItemDataRole.TextAlignmentRole) & Qt.AlignmentFlag.AlignRight
+        )
+        for c in range(model.columnCount())
+    ]
+    header_right = [
+        bool(
+            model.headerData(c, Qt.Orientation.Horizontal, Qt.ItemDataRole.TextAlignmentRole)
+            & Qt.AlignmentFlag.AlignRight
+        )
+        for c in range(model.columnCount())
+    ]
+    # Time, Endpoint, Model, Cached | Queue, TTFT, Total, Tokens | Status
+    assert right == header_right == [False] * 4 + [True] * 4 + [False]
+    coloured = [
+        model.index(0, c).data(Qt.ItemDataRole.ForegroundRole) is not None
+        for c in range(model.columnCount())
+    ]
+    assert coloured == [False] * 8 + [True]
+
+
+def test_table_shows_a_dash_for_records_without_an_endpoint(window: DashboardWindow) -> None:
+    older = record(1)
+    del older["endpoint"]
+    window.update_snapshot(snapshot(recent=[older]))
+    assert table_rows(window)[0][1:3] == ["—", "llama3.2"]
 
 
 def test_table_inserts_new_rows_and_keeps_the_selection(window: DashboardWindow) -> None:
@@ -256,7 +427,7 @@ def test_table_starts_over_when_the_history_does(window: DashboardWindow) -> Non
     window.update_snapshot(snapshot(recent=[record(i) for i in range(10)]))
     # A restarted server begins a fresh history that does not continue the rows shown.
     window.update_snapshot(snapshot(recent=[record(100, model="fresh")]))
-    assert [r[1] for r in table_rows(window)] == ["fresh"]
+    assert [r[COLUMNS.index("Model")] for r in table_rows(window)] == ["fresh"]
     window.update_snapshot(snapshot(recent=[]))
     assert table_rows(window) == []
 
@@ -273,7 +444,7 @@ def test_a_reader_scrolled_down_keeps_their_rows_in_view(
     qtbot.waitUntil(lambda: bar.maximum() > 10)
 
     def top_row_tokens() -> str:
-        return str(table.model().index(table.rowAt(0), 6).data())
+        return str(table.model().index(table.rowAt(0), COLUMNS.index("Tokens")).data())
 
     for value in (10, bar.maximum()):  # somewhere in the middle, then at the very bottom
         bar.setValue(value)
