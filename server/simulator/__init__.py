@@ -1,4 +1,8 @@
-"""Ollama-compatible HTTP simulator: deterministic chat/generate streams for tests and benches."""
+"""Ollama-compatible HTTP simulator: Ollama's native API with deterministic answers, for tests.
+
+Chat and generate (with thinking, tool calls and structured output), embeddings, and a model
+store (tags, ps, show, pull, push, create, copy, delete, blobs), in Ollama's wire format.
+"""
 
 from __future__ import annotations
 

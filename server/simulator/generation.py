@@ -6,15 +6,17 @@ import functools
 import hashlib
 import json
 import random
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from server.simulator.settings import SimulatorSettings
-from server.simulator.validation import _float_option, _GenRequest, _int_option
+from server.simulator.structured import tool_call, value_for
+from server.simulator.validation import _ApiError, _float_option, _GenRequest, _int_option
 
 # --------------------------------------------------------------------------- wire helpers
 
@@ -37,9 +39,11 @@ def _go_json(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).translate(_GO_ESCAPES)
 
 
-def _json_response(obj: Any, status: int = 200) -> web.Response:
+def _json_response(obj: Any, status: int = 200, content_type: str = _JSON_TYPE) -> web.Response:
+    # gin's c.JSON adds "; charset=utf-8" unless a handler set the type first, as Ollama's
+    # progress streams do ("application/json").
     return web.Response(
-        body=_go_json(obj).encode(), status=status, headers={"Content-Type": _JSON_TYPE}
+        body=_go_json(obj).encode(), status=status, headers={"Content-Type": content_type}
     )
 
 
@@ -122,12 +126,44 @@ def _context_ids(seed_material: bytes, length: int) -> list[int]:
 
 # --------------------------------------------------------------------------- answer plan
 
+# Thinking tokens per level; true means Ollama's default level, medium.
+_THINK_TOKENS = {"low": 4, "medium": 8, "high": 12, "max": 16}
+
+
+def _think_count(think: bool | str | None) -> int:
+    if think is True:
+        return _THINK_TOKENS["medium"]
+    return _THINK_TOKENS.get(think, 0) if isinstance(think, str) else 0
+
+
+def _format_answer(fmt: Any, seed: bytes, count: int) -> str | None:
+    """The JSON text a format-constrained answer carries, or None for a plain-text answer."""
+    if fmt == "json":
+        return _go_json({"answer": "".join(_make_tokens(seed, count))})
+    if isinstance(fmt, dict):
+        return _go_json(value_for(fmt, random.Random(b"format" + seed), _WORDS))
+    return None
+
+
+def _json_pieces(text: str) -> list[str]:
+    # Token-sized pieces that join back to the exact text: a word or one other character,
+    # each with the whitespace before it.
+    return re.findall(r"\s*(?:\w+|[^\w\s])", text) or [text]
+
+
+def check_format(fmt: Any) -> None:
+    """Ollama's runner refuses a format that is neither "json" nor a schema object."""
+    if fmt is None or fmt in ("", "json") or isinstance(fmt, dict):
+        return
+    raw = json.dumps(_go_json(fmt), ensure_ascii=False)
+    raise _ApiError(500, f'invalid format: {raw}; expected "json" or a valid JSON Schema object')
+
 
 @dataclass
 class _Plan:
     """Everything a generation will emit, decided before the first token."""
 
-    tokens: list[str]
+    tokens: list[str]  # content, one piece per chunk
     done_reason: str
     first_delay_ms: float
     token_delay_ms: float
@@ -136,26 +172,48 @@ class _Plan:
     prompt_tokens: int
     started_ns: int
     loaded_ns: int
+    thinking: list[str] = field(default_factory=list)  # streamed before the content
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # replaces the content
+    tool_tokens: int = 0
 
     @classmethod
     def build(
         cls, settings: SimulatorSettings, req: _GenRequest, model: str, started_ns: int
     ) -> _Plan:
+        """`model` identifies the weights: the model's digest, so a copy answers alike."""
         opts = req.options
         count = _int_option(opts, "sim_tokens")
         count = settings.tokens if count is None else max(count, 0)
+        seed = req.seed_material(model)
+        thinking = _make_tokens(b"thinking" + seed, _think_count(req.think))
+        tool_calls: list[dict[str, Any]] = []
+        tool_tokens = 0
+        tokens: list[str] = []
+        if req.calls_tool:
+            tool_calls = [tool_call(req.tools, req.messages, b"tool" + seed, _WORDS)]
+            tool_tokens = max(1, len(_go_json(tool_calls[0]["function"])) // 4)
+        else:
+            answer = _format_answer(req.format, seed, count)
+            tokens = _make_tokens(seed, count) if answer is None else _json_pieces(answer)
+        # num_predict caps everything generated, thinking first.
         done_reason = "stop"
-        num_predict = _int_option(opts, "num_predict")
-        if num_predict is not None and 0 <= num_predict < count:
-            count, done_reason = num_predict, "length"
+        budget = _int_option(opts, "num_predict")
+        if budget is not None and budget >= 0:
+            if len(thinking) > budget:
+                thinking, tokens, tool_calls, done_reason = thinking[:budget], [], [], "length"
+            budget -= len(thinking)
+            if tool_calls and tool_tokens > budget:
+                tool_calls, done_reason = [], "length"
+            elif len(tokens) > budget:
+                tokens, done_reason = tokens[:budget], "length"
+        steps = len(thinking) + (1 if tool_calls else len(tokens))
         first = _float_option(opts, "sim_first_token_delay_ms")
         delay = _float_option(opts, "sim_token_delay_ms")
         error_after = _int_option(opts, "sim_error_after")
-        if error_after is not None and error_after > count:
+        if error_after is not None and error_after > steps:
             error_after = None  # the answer ends before the simulated failure would happen
-        seed = req.seed_material(model)
         return cls(
-            tokens=_make_tokens(seed, count),
+            tokens=tokens,
             done_reason=done_reason,
             first_delay_ms=settings.first_token_delay_ms if first is None else first,
             token_delay_ms=settings.token_delay_ms if delay is None else delay,
@@ -164,7 +222,19 @@ class _Plan:
             prompt_tokens=req.prompt_tokens(),
             started_ns=started_ns,
             loaded_ns=time.perf_counter_ns(),
+            thinking=thinking,
+            tool_calls=tool_calls,
+            tool_tokens=tool_tokens if tool_calls else 0,
         )
+
+    @property
+    def steps(self) -> int:
+        """Chunks before the done chunk: thinking pieces, then content pieces or one tool call."""
+        return len(self.thinking) + (1 if self.tool_calls else len(self.tokens))
+
+    @property
+    def eval_count(self) -> int:
+        return len(self.thinking) + len(self.tokens) + self.tool_tokens
 
     def metrics(self, first_ns: int, end_ns: int, eval_count: int) -> dict[str, int]:
         values = {
@@ -188,15 +258,27 @@ def _chunk_line_parts(req: _GenRequest) -> tuple[str, str, str]:
     return head, '","response":', ',"done":false}\n'
 
 
-def _chunk_object(req: _GenRequest, text: str) -> dict[str, Any]:
+def _chunk_object(
+    req: _GenRequest,
+    text: str,
+    thinking: str = "",
+    tool_calls: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A chunk in Go's field order; thinking and tool_calls only when non-empty (omitempty)."""
+    obj: dict[str, Any] = {"model": req.model, "created_at": _now_stamp()}
     if req.kind == "chat":
-        return {
-            "model": req.model,
-            "created_at": _now_stamp(),
-            "message": {"role": "assistant", "content": text},
-            "done": False,
-        }
-    return {"model": req.model, "created_at": _now_stamp(), "response": text, "done": False}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if thinking:
+            message["thinking"] = thinking
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        obj["message"] = message
+    else:
+        obj["response"] = text
+        if thinking:
+            obj["thinking"] = thinking
+    obj["done"] = False
+    return obj
 
 
 def _done_object(
@@ -205,8 +287,10 @@ def _done_object(
     done_reason: str,
     metrics: dict[str, int] | None = None,
     context: list[int] | None = None,
+    thinking: str = "",
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    obj = _chunk_object(req, text)
+    obj = _chunk_object(req, text, thinking, tool_calls)
     obj["done"] = True
     obj["done_reason"] = done_reason
     if context:
@@ -216,14 +300,28 @@ def _done_object(
     return obj
 
 
-def _final_object(req: _GenRequest, plan: _Plan, text: str, first_ns: int) -> dict[str, Any]:
+def _final_object(
+    req: _GenRequest, plan: _Plan, first_ns: int, *, whole: bool = False
+) -> dict[str, Any]:
+    """The done chunk; `whole` makes it the single non-streamed answer, carrying the text,
+    the thinking and the tool calls that the stream spread over its chunks."""
     end_ns = time.perf_counter_ns()
-    eval_count = len(plan.tokens)
+    eval_count = plan.eval_count
     context = None
     if req.kind == "generate" and not req.raw:
-        context = _context_ids(plan.seed, plan.prompt_tokens + eval_count)
+        # What the request sent, then this turn: passing it back continues the conversation.
+        context = req.context + _context_ids(plan.seed, plan.prompt_tokens + eval_count)
+    metrics = plan.metrics(first_ns, end_ns, eval_count)
+    if not whole:
+        return _done_object(req, "", plan.done_reason, metrics, context)
     return _done_object(
-        req, text, plan.done_reason, plan.metrics(first_ns, end_ns, eval_count), context
+        req,
+        "".join(plan.tokens),
+        plan.done_reason,
+        metrics,
+        context,
+        thinking="".join(plan.thinking),
+        tool_calls=plan.tool_calls,
     )
 
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from server.simulator.catalog import ModelEntry
+from server.simulator.embeddings import _handle_embed, _handle_embeddings
 from server.simulator.generation import (
     _NDJSON_TYPE,
     _chunk_line_parts,
+    _chunk_object,
     _done_object,
     _error_text,
     _final_object,
@@ -18,16 +25,28 @@ from server.simulator.generation import (
     _json_response,
     _now_stamp,
     _Plan,
-    _rfc3339,
     _text_response,
+    check_format,
 )
+from server.simulator.models_api import (
+    _handle_copy,
+    _handle_create_blob,
+    _handle_delete,
+    _handle_head_blob,
+    _handle_ps,
+    _handle_show,
+    _handle_tags,
+)
+from server.simulator.names import parse_name
 from server.simulator.settings import SIM_STATS, SimulatorSettings, SimulatorStats
 from server.simulator.state import _STATE, _SimState
+from server.simulator.transfers import _handle_create, _handle_pull, _handle_push
 from server.simulator.validation import (
     _ApiError,
     _check_options,
+    _check_status_hook,
     _GenRequest,
-    _int_option,
+    _go_quote,
     _parse_request,
 )
 
@@ -62,32 +81,55 @@ async def _handle_generate(request: web.Request) -> web.StreamResponse:
     return await _handle_generation(request, "generate")
 
 
+def _find_model(state: _SimState, req: _GenRequest) -> ModelEntry:
+    if not req.model.strip():
+        if req.kind == "chat":
+            raise _ApiError(400, "model is required")
+        raise _ApiError(404, f"model '{req.model}' not found")
+    name = parse_name(req.model)
+    if not name.valid:
+        raise _ApiError(400, "invalid model name")
+    entry = state.models.get(name.key)
+    if entry is None:
+        raise _ApiError(404, f"model '{req.model}' not found")
+    return entry
+
+
+def _check_capabilities(entry: ModelEntry, req: _GenRequest) -> None:
+    capabilities = entry.capabilities
+    if req.thinks and "thinking" not in capabilities:
+        raise _ApiError(400, f"{_go_quote(req.model)} does not support thinking")
+    if "completion" not in capabilities:
+        verb = "chat" if req.kind == "chat" else "generate"
+        raise _ApiError(400, f"{_go_quote(req.model)} does not support {verb}")
+    if req.tools and "tools" not in capabilities:
+        raise _ApiError(400, f"{entry.name.full} does not support tools")
+    if req.suffix and "insert" not in capabilities:
+        raise _ApiError(400, f"{entry.name.full} does not support insert")
+
+
 async def _handle_generation(request: web.Request, kind: str) -> web.StreamResponse:
     state = request.app[_STATE]
     started = time.perf_counter_ns()
     try:
         req = _parse_request(kind, await request.read())
-        status = _int_option(req.options, "sim_status")
-        if status is not None:
-            if not 200 <= status <= 599:
-                raise _ApiError(500, 'option "sim_status" must be an HTTP status (200-599)')
-            raise _ApiError(status, f"simulated status {status}")
-        if kind == "chat" and not req.model:
-            raise _ApiError(400, "model is required")
-        model = state.resolve_model(req.model)
-        if model is None:
-            raise _ApiError(404, f"model '{req.model}' not found")
+        _check_status_hook(req.options)
+        entry = _find_model(state, req)
         if req.is_empty and req.keep_alive == 0:
-            state.loaded.pop(model, None)
+            state.unload(entry)
             return _json_response(_done_object(req, "", "unload"))
+        if req.raw and (req.template or req.system or req.context):
+            raise _ApiError(400, "raw mode does not support template, system, or context")
+        _check_capabilities(entry, req)
         _check_options(req.options)
-        state.mark_loaded(model, req.keep_alive, req.options)
+        state.mark_loaded(entry, req.keep_alive, req.options)
         if req.is_empty:
             return _json_response(_done_object(req, "", "load"))
+        check_format(req.format)
     except _ApiError as exc:
         return _json_response({"error": exc.message}, status=exc.status)
 
-    plan = _Plan.build(state.settings, req, model, started)
+    plan = _Plan.build(state.settings, req, entry.digest, started)
     generation = _Generation(state.stats)
     try:
         if req.stream:
@@ -99,8 +141,20 @@ async def _handle_generation(request: web.Request, kind: str) -> web.StreamRespo
         raise
     finally:
         generation.end("failed")  # no-op unless an unexpected exception escaped
-        state.mark_loaded(model, req.keep_alive, req.options)
+        state.mark_loaded(entry, req.keep_alive, req.options)
     return response
+
+
+def _step_lines(req: _GenRequest, plan: _Plan) -> Iterator[str]:
+    """The NDJSON line of every chunk before the done chunk (created_at stamped when asked)."""
+    for piece in plan.thinking:
+        yield _go_json(_chunk_object(req, "", thinking=piece)) + "\n"
+    if plan.tool_calls:
+        yield _go_json(_chunk_object(req, "", tool_calls=plan.tool_calls)) + "\n"
+        return
+    head, middle, tail = _chunk_line_parts(req)
+    for token in plan.tokens:
+        yield f"{head}{_now_stamp()}{middle}{_go_json(token)}{tail}"
 
 
 async def _stream(
@@ -117,8 +171,7 @@ async def _stream(
     response.enable_chunked_encoding()
     try:
         await response.prepare(request)
-        head, middle, tail = _chunk_line_parts(req)
-        for index, token in enumerate(_go_json(token) for token in plan.tokens):
+        for index, line in enumerate(_step_lines(req, plan)):
             if index:
                 if plan.token_delay_ms > 0:
                     await _sleep_ms(plan.token_delay_ms)
@@ -126,15 +179,15 @@ async def _stream(
                     # Without delays nothing else would suspend: let other streams (and the
                     # disconnect-driven cancellation) in now and then.
                     await asyncio.sleep(0)
-            await response.write(f"{head}{_now_stamp()}{middle}{token}{tail}".encode())
+            await response.write(line.encode())
             if index + 1 == plan.error_after:
                 # Ollama's mid-stream failure: one error line, then the end, with no done chunk.
-                line = _go_json({"error": _error_text(index + 1)}) + "\n"
-                await response.write(line.encode())
+                error = _go_json({"error": _error_text(index + 1)}) + "\n"
+                await response.write(error.encode())
                 await response.write_eof()
                 generation.end("failed")
                 return response
-        final = _final_object(req, plan, "", first_ns)
+        final = _final_object(req, plan, first_ns)
         await response.write((_go_json(final) + "\n").encode())
         await response.write_eof()
     except ConnectionResetError:
@@ -147,7 +200,7 @@ async def _stream(
 
 
 async def _respond_whole(req: _GenRequest, plan: _Plan, generation: _Generation) -> web.Response:
-    produced = len(plan.tokens) if plan.error_after is None else plan.error_after
+    produced = plan.steps if plan.error_after is None else plan.error_after
     before_ns = time.perf_counter_ns()
     await _sleep_ms(plan.first_delay_ms + plan.token_delay_ms * max(produced - 1, 0))
     # The whole answer is one sleep; split it back into prompt and eval time for the metrics.
@@ -156,7 +209,7 @@ async def _respond_whole(req: _GenRequest, plan: _Plan, generation: _Generation)
         generation.end("failed")
         return _json_response({"error": _error_text(plan.error_after)}, status=500)
     generation.end("completed")
-    return _json_response(_final_object(req, plan, "".join(plan.tokens), first_ns))
+    return _json_response(_final_object(req, plan, first_ns, whole=True))
 
 
 async def _handle_root(request: web.Request) -> web.Response:
@@ -165,50 +218,6 @@ async def _handle_root(request: web.Request) -> web.Response:
 
 async def _handle_version(request: web.Request) -> web.Response:
     return _json_response({"version": request.app[_STATE].settings.version})
-
-
-async def _handle_tags(request: web.Request) -> web.Response:
-    state = request.app[_STATE]
-    models = []
-    # Configured order is newest first, so /api/tags' "most recently modified first" keeps it.
-    for index, name in enumerate(state.settings.models):
-        info = state.model_info(name)
-        modified_ns = state.started_ns - index * 3_600_000_000_000
-        models.append(
-            {
-                "name": name,
-                "model": name,
-                "modified_at": _rfc3339(modified_ns, utc=False),
-                "size": info["size"],
-                "digest": info["digest"],
-                "details": info["details"],
-            }
-        )
-    return _json_response({"models": models})
-
-
-async def _handle_ps(request: web.Request) -> web.Response:
-    state = request.app[_STATE]
-    now = time.time_ns()
-    for name in [n for n, entry in state.loaded.items() if entry.expires_ns <= now]:
-        del state.loaded[name]
-    entries = sorted(state.loaded.values(), key=lambda entry: entry.expires_ns, reverse=True)
-    models = []
-    for entry in entries:
-        info = state.model_info(entry.name)
-        models.append(
-            {
-                "name": entry.name,
-                "model": entry.name,
-                "size": info["size"],
-                "digest": info["digest"],
-                "details": info["details"],
-                "expires_at": _rfc3339(entry.expires_ns, utc=False),
-                "size_vram": info["size"],
-                "context_length": entry.context_length,
-            }
-        )
-    return _json_response({"models": models})
 
 
 async def _handle_stats(request: web.Request) -> web.Response:
@@ -223,7 +232,9 @@ async def _handle_reset(request: web.Request) -> web.Response:
 
 @web.middleware
 async def _count_requests(request: web.Request, handler: Any) -> web.StreamResponse:
-    request.app[SIM_STATS].count_request(request.path)
+    resource = request.match_info.route.resource
+    endpoint = f"{request.method} {resource.canonical if resource else request.path}"
+    request.app[SIM_STATS].count_request(request.path, endpoint)
     response: web.StreamResponse = await handler(request)
     return response
 
@@ -240,20 +251,43 @@ async def _gin_style_errors(request: web.Request, handler: Any) -> web.StreamRes
         return _text_response("405 method not allowed", 405, "text/plain")
 
 
+async def _models_dir(app: web.Application) -> AsyncIterator[None]:
+    """A private OLLAMA_MODELS for uploaded blobs, removed with the app."""
+    state = app[_STATE]
+    path = await asyncio.to_thread(tempfile.mkdtemp, prefix="ollama-sim-")
+    state.models_dir = Path(path)
+    yield
+    state.models_dir = None
+    await asyncio.to_thread(shutil.rmtree, path, True)
+
+
 def create_app(settings: SimulatorSettings) -> web.Application:
     # Image payloads arrive base64-encoded in the JSON body, far beyond aiohttp's 1 MiB default.
+    # (Blob uploads are streamed to disk and never read whole, so the limit does not apply.)
     app = web.Application(
         middlewares=[_count_requests, _gin_style_errors], client_max_size=256 * 1024 * 1024
     )
     stats = SimulatorStats()
     app[SIM_STATS] = stats
     app[_STATE] = _SimState(settings=settings, stats=stats)
-    app.router.add_get("/", _handle_root)
-    app.router.add_get("/api/version", _handle_version)
-    app.router.add_get("/api/tags", _handle_tags)
-    app.router.add_get("/api/ps", _handle_ps, allow_head=False)
-    app.router.add_post("/api/chat", _handle_chat)
-    app.router.add_post("/api/generate", _handle_generate)
-    app.router.add_get("/simulator/stats", _handle_stats, allow_head=False)
-    app.router.add_post("/simulator/reset", _handle_reset)
+    app.cleanup_ctx.append(_models_dir)
+    router = app.router
+    router.add_get("/", _handle_root)  # GET routes answer HEAD too, as Ollama's do here
+    router.add_get("/api/version", _handle_version)
+    router.add_get("/api/tags", _handle_tags)
+    router.add_get("/api/ps", _handle_ps, allow_head=False)
+    router.add_post("/api/chat", _handle_chat)
+    router.add_post("/api/generate", _handle_generate)
+    router.add_post("/api/embed", _handle_embed)
+    router.add_post("/api/embeddings", _handle_embeddings)
+    router.add_post("/api/show", _handle_show)
+    router.add_post("/api/pull", _handle_pull)
+    router.add_post("/api/push", _handle_push)
+    router.add_post("/api/create", _handle_create)
+    router.add_post("/api/copy", _handle_copy)
+    router.add_delete("/api/delete", _handle_delete)
+    router.add_head("/api/blobs/{digest}", _handle_head_blob)
+    router.add_post("/api/blobs/{digest}", _handle_create_blob)
+    router.add_get("/simulator/stats", _handle_stats, allow_head=False)
+    router.add_post("/simulator/reset", _handle_reset)
     return app

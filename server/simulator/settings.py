@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,8 @@ class SimulatorSettings:
     first_token_delay_ms: float = 50.0
     models: tuple[str, ...] = ("llama3.2:latest",)
     version: str = "0.33.0"
+    # Names /api/pull can fetch; None means any valid name (the registry has everything).
+    registry: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -34,10 +37,21 @@ class SimulatorStats:
     cancelled: int = 0
     failed: int = 0
     by_path: dict[str, int] = field(default_factory=dict)
+    # "METHOD /route" (e.g. "HEAD /api/blobs/{digest}"), so one route is one key.
+    by_endpoint: dict[str, int] = field(default_factory=dict)
+    embed_inputs: int = 0  # texts that reached /api/embed or /api/embeddings
+    # Texts per embed request, oldest first (the last 1000 requests).
+    embed_batches: deque[int] = field(default_factory=lambda: deque(maxlen=1000))
 
-    def count_request(self, path: str) -> None:
+    def count_request(self, path: str, endpoint: str | None = None) -> None:
         self.requests += 1
         self.by_path[path] = self.by_path.get(path, 0) + 1
+        if endpoint is not None:
+            self.by_endpoint[endpoint] = self.by_endpoint.get(endpoint, 0) + 1
+
+    def count_embed(self, inputs: int) -> None:
+        self.embed_inputs += inputs
+        self.embed_batches.append(inputs)
 
     def generation_started(self) -> None:
         self.generations += 1
@@ -60,6 +74,9 @@ class SimulatorStats:
         self.cancelled = self.failed = 0
         self.max_in_progress = self.in_progress
         self.by_path = {}
+        self.by_endpoint = {}
+        self.embed_inputs = 0
+        self.embed_batches.clear()
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +88,9 @@ class SimulatorStats:
             "cancelled": self.cancelled,
             "failed": self.failed,
             "by_path": dict(self.by_path),
+            "by_endpoint": dict(self.by_endpoint),
+            "embed_inputs": self.embed_inputs,
+            "embed_batches": list(self.embed_batches),
         }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _FOREVER_NS = 2**63 - 1  # Go's math.MaxInt64 duration, used for negative keep_alive
@@ -72,6 +72,21 @@ def _decode_body(raw: bytes) -> Any:
             400, f"invalid character '{first}' looking for beginning of value"
         ) from None
     return value
+
+
+def _decode_object(raw: bytes, struct: str) -> dict[str, Any]:
+    """The request body as a JSON object, or gin's 400 for anything else."""
+    body = _decode_body(raw)
+    if not isinstance(body, dict):
+        raise _ApiError(
+            400, f"json: cannot unmarshal {_json_kind(body)} into Go value of type api.{struct}"
+        )
+    return body
+
+
+def _go_quote(text: str) -> str:
+    """Go's %q for the printable text clients send."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 def _json_kind(value: Any) -> str:
@@ -225,6 +240,15 @@ def _check_options(options: dict[str, Any]) -> None:
                 raise _ApiError(500, 'option "stop" must be of an array of strings')
 
 
+def _check_status_hook(options: dict[str, Any]) -> None:
+    """The sim_status test hook: answer with that status instead."""
+    status = _int_option(options, "sim_status")
+    if status is not None:
+        if not 200 <= status <= 599:
+            raise _ApiError(500, 'option "sim_status" must be an HTTP status (200-599)')
+        raise _ApiError(status, f"simulated status {status}")
+
+
 def _int_option(options: dict[str, Any], key: str) -> int | None:
     value = options.get(key)
     if value is None or _json_kind(value) != "number":
@@ -241,6 +265,67 @@ def _float_option(options: dict[str, Any], key: str) -> float | None:
 
 # --------------------------------------------------------------------------- requests
 
+_THINK_LEVELS = ("high", "medium", "low", "max")
+
+
+def _parse_think(value: Any) -> bool | str | None:
+    """api.ThinkValue: a boolean or a level; None when absent (the model's default)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if value in _THINK_LEVELS:
+            return value
+        raise _ApiError(
+            400,
+            f"invalid think value: {_go_quote(value)} "
+            '(must be "high", "medium", "low", "max", true, or false)',
+        )
+    raise _ApiError(
+        400, 'think must be a boolean or string ("high", "medium", "low", "max", true, or false)'
+    )
+
+
+def _int_list(body: dict[str, Any], key: str, where: str) -> list[int]:
+    items = _field(body, key, "array", where, "[]int", [])
+    for item in items:
+        if _json_kind(item) != "number":
+            raise _ApiError(
+                400,
+                f"json: cannot unmarshal {_json_kind(item)} into Go struct field "
+                f"{where}.{key} of type int",
+            )
+        if isinstance(item, float) and not item.is_integer():
+            raise _ApiError(
+                400,
+                f"json: cannot unmarshal number {item} into Go struct field "
+                f"{where}.{key} of type int",
+            )
+    return [int(item) for item in items]
+
+
+def _string_list(body: dict[str, Any], key: str, where: str, go_type: str) -> list[str]:
+    items = _field(body, key, "array", where, f"[]{go_type}", [])
+    for item in items:
+        if not isinstance(item, str):
+            raise _ApiError(
+                400,
+                f"json: cannot unmarshal {_json_kind(item)} into Go struct field "
+                f"{where}.{key} of type {go_type}",
+            )
+    return list(items)
+
+
+def _object_list(body: dict[str, Any], key: str, where: str, go_type: str) -> list[dict[str, Any]]:
+    items = _field(body, key, "array", where, f"[]{go_type}", [])
+    for item in items:
+        if not isinstance(item, dict):
+            raise _ApiError(
+                400,
+                f"json: cannot unmarshal {_json_kind(item)} into Go struct field "
+                f"{where}.{key} of type {go_type}",
+            )
+    return list(items)
+
 
 @dataclass
 class _GenRequest:
@@ -254,10 +339,28 @@ class _GenRequest:
     system: str
     raw: bool
     format: Any
+    think: bool | str | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    suffix: str = ""
+    template: str = ""
+    context: list[int] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
         return not self.messages if self.kind == "chat" else not self.prompt
+
+    @property
+    def thinks(self) -> bool:
+        return self.think is not None and self.think is not False
+
+    @property
+    def calls_tool(self) -> bool:
+        """Chat with tools answers with a tool call, unless the last message is a tool's
+        result: then it answers in words, so an agent loop ends as it would with a model."""
+        if self.kind != "chat" or not self.tools:
+            return False
+        return not self.messages or self.messages[-1].get("role") != "tool"
 
     def seed_material(self, model: str) -> bytes:
         options = {k: v for k, v in self.options.items() if not k.startswith("sim_")}
@@ -265,6 +368,13 @@ class _GenRequest:
             content: dict[str, Any] = {"messages": self.messages}
         else:
             content = {"prompt": self.prompt, "system": self.system}
+            extras = {
+                "suffix": self.suffix,
+                "template": self.template,
+                "context": self.context,
+                "images": self.images,
+            }
+            content.update({key: value for key, value in extras.items() if value})
         material = {"model": model, **content, "options": options, "format": self.format}
         return json.dumps(material, sort_keys=True, ensure_ascii=False).encode()
 
@@ -272,47 +382,45 @@ class _GenRequest:
         if self.kind == "chat":
             words = sum(len(str(m.get("content") or "").split()) + 4 for m in self.messages)
         else:
-            words = len(self.prompt.split()) + len(self.system.split())
+            texts = (self.prompt, self.system, self.suffix)
+            words = sum(len(text.split()) for text in texts) + len(self.context)
         return max(words, 1)
 
 
 def _parse_request(kind: str, raw: bytes) -> _GenRequest:
-    body = _decode_body(raw)
     struct = "ChatRequest" if kind == "chat" else "GenerateRequest"
-    if not isinstance(body, dict):
-        raise _ApiError(
-            400, f"json: cannot unmarshal {_json_kind(body)} into Go value of type api.{struct}"
-        )
+    body = _decode_object(raw, struct)
     model = _field(body, "model", "string", struct, "string", "")
     stream = _field(body, "stream", "bool", struct, "bool", True)
     options = _field(body, "options", "object", struct, "map[string]interface {}", {})
     keep_alive = _parse_keep_alive(body.get("keep_alive"))
-    messages: list[dict[str, Any]] = []
-    prompt = system = ""
-    raw_mode = False
-    if kind == "chat":
-        for item in _field(body, "messages", "array", struct, "[]api.Message", []):
-            messages.append(_parse_message(item))
-    else:
-        prompt = _field(body, "prompt", "string", struct, "string", "")
-        system = _field(body, "system", "string", struct, "string", "")
-        template = _field(body, "template", "string", struct, "string", "")
-        context = _field(body, "context", "array", struct, "[]int", [])
-        raw_mode = _field(body, "raw", "bool", struct, "bool", False)
-        if raw_mode and (template or system or context):
-            raise _ApiError(400, "raw mode does not support template, system, or context")
-    return _GenRequest(
+    think = _parse_think(body.get("think"))
+    req = _GenRequest(
         kind=kind,
         model=model,
         stream=stream,
         keep_alive=keep_alive,
         options=options,
-        messages=messages,
-        prompt=prompt,
-        system=system,
-        raw=raw_mode,
+        messages=[],
+        prompt="",
+        system="",
+        raw=False,
         format=body.get("format"),
+        think=think,
     )
+    if kind == "chat":
+        for item in _field(body, "messages", "array", struct, "[]api.Message", []):
+            req.messages.append(_parse_message(item))
+        req.tools = _object_list(body, "tools", struct, "api.Tool")
+    else:
+        req.prompt = _field(body, "prompt", "string", struct, "string", "")
+        req.system = _field(body, "system", "string", struct, "string", "")
+        req.suffix = _field(body, "suffix", "string", struct, "string", "")
+        req.template = _field(body, "template", "string", struct, "string", "")
+        req.context = _int_list(body, "context", struct)
+        req.images = _string_list(body, "images", struct, "api.ImageData")
+        req.raw = _field(body, "raw", "bool", struct, "bool", False)
+    return req
 
 
 def _parse_message(item: Any) -> dict[str, Any]:
