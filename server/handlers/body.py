@@ -29,7 +29,11 @@ def check_announced_size(request: web.Request) -> None:
 async def expect_handler(request: web.Request) -> web.StreamResponse | None:
     """`Expect: 100-continue`: say no at once to a body that would be refused anyway, rather
     than invite the client to send it (aiohttp's default says "continue" to everything).
-    Runs before the middlewares, so it renders its own error."""
+    Runs before the middlewares, so it renders its own error. Model uploads (/api/blobs) are
+    not limited: they stream through to Ollama."""
+    if request.path.startswith("/api/blobs/"):
+        await _default_expect_handler(request)
+        return None
     try:
         check_announced_size(request)
     except PayloadTooLarge as exc:

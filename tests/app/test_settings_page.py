@@ -54,6 +54,7 @@ RUNNING: dict[KeyId, Any] = {
     ("ollama", "connect_timeout_seconds"): 2.5,
     ("ollama", "warm_up"): False,
     ("ollama", "probe_interval_seconds"): 30.0,
+    ("ollama", "allow_management"): False,
     ("cache", "enabled"): False,
     ("cache", "max_size_mb"): 512,
     ("cache", "ttl_seconds"): 60,

@@ -362,3 +362,17 @@ async def test_the_official_python_client(server, tmp_path):
     with pytest.raises(ollama.ResponseError) as info:
         await client.delete("helper:two")
     assert info.value.status_code == 404
+
+
+async def test_a_large_blob_upload_with_expect_100_continue_streams_through(start_server, sim):
+    """curl sends `Expect: 100-continue` for large bodies: a model upload is not held to
+    [server].max_body_kb, so it is told to continue, not refused."""
+
+    server = await start_server(server__max_body_kb=1024)
+    data = os.urandom(3 * 1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(f"{server.url}/api/blobs/{digest}", data=data, expect100=True) as r,
+    ):
+        assert r.status == 201, await r.text()
