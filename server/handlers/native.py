@@ -39,6 +39,7 @@ REPLAY_WRITE_BYTES = 8192
 _NOT_IN_KEY = ("model", "messages", "options", "format", "stream", "keep_alive")
 _THINK_LEVELS = ("low", "medium", "high", "max")
 _MAX_REQUEST_ID = 128
+_EMPTY: tuple[Any, ...] = (None, "", [], {})
 _TYPE_NAMES = {
     str: "a string",
     dict: "an object",
@@ -170,7 +171,8 @@ def parse_native(body: Any, kind: str, rid: str) -> ChatRequest | None:
         return None
     messages = tuple(_key_message(m) for m in body.get("messages") or ())
     fmt = body.get("format") or None
-    extra = {k: v for k, v in body.items() if k not in _NOT_IN_KEY and v is not None}
+    # Empty values are as good as absent (the Python client sends `"tools": []`).
+    extra = {k: v for k, v in body.items() if k not in _NOT_IN_KEY and v not in _EMPTY}
     return ChatRequest(
         messages=messages,
         model=model.strip(),
