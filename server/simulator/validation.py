@@ -390,6 +390,9 @@ class _GenRequest:
 def _parse_request(kind: str, raw: bytes) -> _GenRequest:
     struct = "ChatRequest" if kind == "chat" else "GenerateRequest"
     body = _decode_object(raw, struct)
+    top_logprobs = _field(body, "top_logprobs", "number", struct, "int", 0)
+    if not 0 <= top_logprobs <= 20:
+        raise _ApiError(400, "top_logprobs must be between 0 and 20")
     model = _field(body, "model", "string", struct, "string", "")
     stream = _field(body, "stream", "bool", struct, "bool", True)
     options = _field(body, "options", "object", struct, "map[string]interface {}", {})

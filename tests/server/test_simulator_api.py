@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from server.simulator import SimulatorSettings, start
+from server.simulator.state import _STATE
 from tests.server.test_simulator import CREATED_AT, Sim, parse_ndjson, post_raw
 
 MODELS = ("llama3.2:latest", "qwen3:4b", "nomic-embed-text:latest")
@@ -301,6 +302,15 @@ async def test_generate_context_is_forwarded(sim: Sim) -> None:
 )
 async def test_generate_errors(sim: Sim, body: dict[str, Any], status: int, error: str) -> None:
     assert await error_of(sim, "/api/generate", body) == (status, error)
+
+
+async def test_top_logprobs_range(sim: Sim) -> None:
+    for value in (-1, 21):
+        assert await error_of(sim, "/api/chat", chat(top_logprobs=value)) == (
+            400,
+            "top_logprobs must be between 0 and 20",
+        )
+    assert (await answer(sim, "/api/chat", chat(logprobs=True, top_logprobs=20)))["done"]
 
 
 async def test_embedding_model_cannot_chat(sim: Sim) -> None:
@@ -703,6 +713,24 @@ async def test_blob_digest_checks(sim: Sim) -> None:
             assert (resp.status, await resp.json()) == (400, {"error": "invalid digest format"})
         async with sim.session.head(f"/api/blobs/{bad}") as resp:
             assert resp.status == 400
+
+
+async def test_blobs_live_in_a_private_directory_that_goes_with_the_app() -> None:
+    runner, port = await start(SimulatorSettings(models=MODELS))
+    blobs = runner.app[_STATE].models_path / "blobs"
+    good = b"GGUF kept"
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as session:
+            for digest in ("sha256:" + "c" * 64, "sha256:" + hashlib.sha256(good).hexdigest()):
+                async with session.post(f"/api/blobs/{digest}", data=good):
+                    pass
+        # Only the verified upload stays; the rejected one leaves no partial file behind.
+        assert [path.name for path in blobs.iterdir()] == [
+            f"sha256-{hashlib.sha256(good).hexdigest()}"
+        ]
+    finally:
+        await runner.cleanup()
+    assert not blobs.parent.exists()
 
 
 async def test_copy_and_delete(sim: Sim) -> None:
