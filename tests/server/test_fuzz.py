@@ -26,6 +26,8 @@ from server.lifecycle import ServerHost
 from tests.conftest import make_config
 
 ENDPOINTS = ["/api/chat-optimized", "/api/chat-batch", "/api/chat-queue", "/api/cache-stats"]
+# Ollama's own API: errors in Ollama's shape, and Ollama's own statuses passed on.
+NATIVE = ["/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show"]
 EXAMPLES = 700  # per test; four tests make a few thousand cases (~20 s here)
 SETTINGS = settings(
     max_examples=EXAMPLES,
@@ -105,8 +107,11 @@ def request(port: int, method: str, path: str, body: bytes | None = None) -> tup
         conn.close()
 
 
-def check(status: int, content_type: str, body: bytes) -> None:
+def check(status: int, content_type: str, body: bytes, path: str = "") -> None:
     """What every answer must be: no internal error, the API's error shape, whole streams."""
+    if path in NATIVE:
+        check_native(status, content_type, body)
+        return
     assert status != 500, body[:300]
     if content_type.startswith("text/event-stream"):
         assert status == 200
@@ -120,6 +125,23 @@ def check(status: int, content_type: str, body: bytes) -> None:
     data = json.loads(body)
     if status >= 400:
         assert set(data) == {"error", "code"} and data["code"] != "internal_error"
+
+
+def check_native(status: int, content_type: str, body: bytes) -> None:
+    """Ollama's shapes. Ollama itself answers some bad options with 500, and that is passed on
+    as Ollama said it; the gateway's own internal error must never show."""
+    if content_type.startswith("application/x-ndjson"):
+        assert status == 200
+        lines = body.decode().split("\n")
+        assert lines[-1] == ""  # whole lines only
+        chunks = [json.loads(line) for line in lines[:-1]]
+        assert chunks and (chunks[-1].get("done") is True or set(chunks[-1]) == {"error"})
+        return
+    assert content_type.startswith("application/json"), (status, content_type, body[:200])
+    data = json.loads(body)
+    if status >= 400:
+        assert set(data) == {"error"}, data
+        assert "internal error" not in data["error"]
 
 
 # -- strategies: JSON with the text browsers really send, surrogate halves included ------------
@@ -149,6 +171,23 @@ chat_bodies = st.fixed_dictionaries(
     },
 )
 bodies = chat_bodies | values | st.fixed_dictionaries({"requests": st.lists(chat_bodies | values)})
+native_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["llama3.2", "llama3.2:latest", "nope"]) | texts | scalars,
+        "messages": messages,
+        "prompt": texts | scalars,
+        "input": texts | st.lists(texts, max_size=3) | scalars,
+        "stream": st.booleans() | scalars,
+        "think": st.booleans() | st.sampled_from(["low", "high", "x"]) | scalars,
+        "tools": st.lists(values, max_size=2) | scalars,
+        "options": st.dictionaries(texts, values, max_size=3) | scalars,
+        "format": st.just("json") | values,
+        "keep_alive": st.sampled_from([0, "0", "5m", -1]) | scalars,
+        "context": st.lists(st.integers(0, 100), max_size=3) | scalars,
+        "images": st.lists(texts, max_size=2) | scalars,
+    },
+)
 
 
 def as_json(value: Any) -> bytes:
@@ -187,3 +226,11 @@ def test_any_ticket_query(gateway, method, query):
     path = "/api/chat-queue"
     encoded = urlencode({k: v.encode("utf-8", "surrogatepass") for k, v in query.items()})
     check(*request(port, method, f"{path}?{encoded}" if encoded else path))
+
+
+@SETTINGS
+@given(path=st.sampled_from(NATIVE), body=native_bodies | values, raw=st.booleans())
+def test_ollamas_own_api(gateway, path, body, raw):
+    _, port = gateway
+    data = as_json(body) if not raw else json.dumps(body, ensure_ascii=True)[:40].encode()
+    check(*request(port, "POST", path, data), path=path)
