@@ -115,7 +115,8 @@ async def _handle_embed(request: web.Request) -> web.Response:
         state.mark_loaded(entry, keep_alive, options)
         if not inputs:  # an empty input only loads the model
             return _json_response({"model": model, "embeddings": []})
-        limit = min(_int_option(options, "num_ctx") or _DEFAULT_NUM_CTX, entry.context_length)
+        num_ctx = _int_option(options, "num_ctx") or 0
+        limit = min(num_ctx if num_ctx > 0 else _DEFAULT_NUM_CTX, entry.context_length)
         texts, prompt_tokens = [], 0
         for text in inputs:
             tokens = _TOKEN.findall(text)
