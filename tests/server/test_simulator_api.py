@@ -790,3 +790,59 @@ async def test_requests_are_counted_per_endpoint(sim: Sim) -> None:
         "GET /simulator/stats": 1,
     }
     assert stats["by_path"]["/api/tags"] == 2 and stats["requests"] == 6
+
+
+# --------------------------------------------------------------------------- the official client
+
+
+async def test_the_official_python_client_against_the_simulator(sim: Sim, tmp_path: Any) -> None:
+    ollama = pytest.importorskip("ollama")
+    client = ollama.AsyncClient(host=f"http://127.0.0.1:{sim.port}")
+    assert [m.model for m in (await client.list()).models] == list(MODELS)
+
+    reply = await client.chat(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
+    assert reply.message.content and reply.done_reason == "stop"
+    parts = [
+        part
+        async for part in await client.chat(
+            model="llama3.2", messages=[{"role": "user", "content": "hi"}], think=True, stream=True
+        )
+    ]
+    assert "".join(p.message.content for p in parts) == reply.message.content
+    assert "".join(p.message.thinking or "" for p in parts)
+    called = await client.chat(
+        model="llama3.2", messages=[{"role": "user", "content": "weather?"}], tools=[WEATHER]
+    )
+    assert called.message.tool_calls[0].function.name == "get_weather"
+    assert called.message.tool_calls[0].function.arguments["city"]
+
+    generated = await client.generate(model="llama3.2", prompt="Why?")
+    assert generated.response and generated.context
+    embedded = await client.embed(model="nomic-embed-text", input=["a", "b"], dimensions=8)
+    assert [len(v) for v in embedded.embeddings] == [8, 8]
+    assert len((await client.embeddings(model="nomic-embed-text", prompt="a")).embedding) == 768
+    shown = await client.show("llama3.2")
+    assert "tools" in shown.capabilities and shown.modelinfo
+    assert [m.model for m in (await client.ps()).models] == [
+        "nomic-embed-text:latest",
+        "llama3.2:latest",
+    ]
+
+    statuses = [p.status async for p in await client.pull("phi3", stream=True)]
+    assert statuses[0] == "pulling manifest" and statuses[-1] == "success"
+    assert (await client.create(model="mine", from_="llama3.2", system="Be brief.")).status == (
+        "success"
+    )
+    blob = tmp_path / "model.gguf"
+    blob.write_bytes(b"GGUF" + bytes(1000))
+    digest = await client.create_blob(blob)
+    created = await client.create(model="local", files={"model.gguf": digest})
+    assert created.status == "success"
+    assert (await client.copy("mine", "mine2")).status == "success"
+    assert (await client.delete("mine2")).status == "success"
+    names = {m.model for m in (await client.list()).models}
+    assert {"phi3:latest", "mine:latest", "local:latest"} <= names and "mine2:latest" not in names
+
+    with pytest.raises(ollama.ResponseError) as info:
+        await client.chat(model="ghost", messages=[{"role": "user", "content": "hi"}])
+    assert (info.value.status_code, info.value.error) == (404, "model 'ghost' not found")
