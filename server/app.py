@@ -14,7 +14,7 @@ from aiohttp import web
 
 from server.errors import GatewayError
 from server.gateway import Gateway
-from server.handlers import chat, embed, native, ollama_relay, queue, stats
+from server.handlers import chat, embed, native, ollama_relay, openai, queue, stats
 from server.handlers.body import expect_handler
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
 
@@ -42,6 +42,7 @@ def create_app(gateway: Gateway) -> web.Application:
         native.routes,
         embed.routes,
         ollama_relay.routes,
+        openai.routes,
     ):
         for route in table:
             assert isinstance(route, web.RouteDef)

@@ -68,13 +68,32 @@ async def embed(request: web.Request) -> web.Response:
     if value is None or value == "" or value == []:
         return await _relay(gateway, "/api/embed", body)
     inputs = [value] if isinstance(value, str) else list(value)
+    rid = request_id(request)
+    info: dict[str, Any] = {"request_id": rid, "model": model}
+    request[CHAT_INFO] = info
+    vectors, prompt_tokens, cached = await embed_inputs(gateway, rid, model, inputs, body)
+    info.update(cached=cached, eval_count=0)
+    record(gateway, rid, model, "embed", cached=cached, started=started)
+    out: dict[str, Any] = {
+        "model": model,
+        "embeddings": vectors,
+        "total_duration": max(1, time.perf_counter_ns() - started),
+    }
+    if prompt_tokens:
+        out["prompt_eval_count"] = prompt_tokens
+    return _json(out, cached=cached, rid=rid)
+
+
+async def embed_inputs(
+    gateway: Gateway, rid: str, model: str, inputs: list[str], body: dict[str, Any]
+) -> tuple[list[list[float]], int, bool]:
+    """The vectors of `inputs` in order, from the cache where it has them and from one
+    /api/embed call for the rest; also Ollama's prompt token count and whether all were
+    cached. `body` gives the fields that shape a vector (truncate, dimensions, options)."""
     keys = [_key("embed", model, text, body) for text in inputs]
     vectors: list[list[float] | None] = [_cached(gateway, k) for k in keys]
     missing = list(dict.fromkeys(t for t, v in zip(inputs, vectors, strict=True) if v is None))
     prompt_tokens = 0
-    rid = request_id(request)
-    info: dict[str, Any] = {"request_id": rid, "model": model}
-    request[CHAT_INFO] = info
     if missing:
         answer = await _upstream(gateway, rid, model, "/api/embed", {**body, "input": missing})
         fresh = answer.get("embeddings")
@@ -86,16 +105,7 @@ async def embed(request: web.Request) -> web.Response:
             if vectors[i] is None:
                 vectors[i] = got[text]
                 _store(gateway, keys[i], model, got[text])
-    info.update(cached=not missing, eval_count=0)
-    _record(gateway, rid, model, "embed", cached=not missing, started=started)
-    out: dict[str, Any] = {
-        "model": model,
-        "embeddings": vectors,
-        "total_duration": max(1, time.perf_counter_ns() - started),
-    }
-    if prompt_tokens:
-        out["prompt_eval_count"] = prompt_tokens
-    return _json(out, cached=not missing, rid=rid)
+    return [v or [] for v in vectors], prompt_tokens, not missing
 
 
 @routes.post("/api/embeddings")
@@ -119,9 +129,9 @@ async def embeddings(request: web.Request) -> web.Response:
         if not isinstance(vector, list):
             raise UpstreamError("Ollama answered /api/embeddings without an embedding")
         _store(gateway, key, model, vector)
-        _record(gateway, rid, model, "embed", cached=False, started=started)
+        record(gateway, rid, model, "embed", cached=False, started=started)
         return _json({"embedding": vector}, cached=False, rid=rid)
-    _record(gateway, rid, model, "embed", cached=True, started=started)
+    record(gateway, rid, model, "embed", cached=True, started=started)
     return _json({"embedding": vector}, cached=True, rid=rid)
 
 
@@ -171,7 +181,7 @@ async def _relay(gateway: Gateway, path: str, body: dict[str, Any]) -> web.Respo
     )
 
 
-def _record(
+def record(
     gateway: Gateway, rid: str, model: str, endpoint: str, *, cached: bool, started: int
 ) -> None:
     ms = round((time.perf_counter_ns() - started) / 1e6)

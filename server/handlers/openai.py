@@ -1,0 +1,620 @@
+"""The OpenAI-compatible API (/v1): translated to the same core as Ollama's native API, as Ollama's
+own OpenAI layer translates to /api/chat, so one cache and one queue serve every protocol.
+
+Requests map as Ollama maps them (max_tokens → num_predict, response_format → format,
+reasoning_effort → think, image_url data URLs → images, tool results → tool messages); a field
+the gateway cannot honour is a 400 naming it. Answers are the shapes the official SDK parses;
+errors are `{"error": {"message", "type", "param", "code"}}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from server.chat_request import ChatRequest
+from server.errors import BadRequest, GatewayError, NotFound
+from server.gateway import Gateway
+from server.handlers.body import read_json
+from server.handlers.embed import embed_inputs, record
+from server.handlers.native import parse_native, request_id
+from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
+from server.services.generation import Queued
+from server.streams import Content, Done
+
+routes = web.RouteTableDef()
+
+FINGERPRINT = "fp_ollama"
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_EFFORTS = ("low", "medium", "high")
+# Accepted and not needed for the answer (no silent change to what the client gets).
+_HARMLESS = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class InvalidParam(BadRequest):
+    """A request field the gateway cannot take, named as OpenAI names it (`param`)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}", code="invalid_request_error")
+        self.param = param
+
+
+def openai_error_body(exc: GatewayError) -> dict[str, Any]:
+    status = exc.upstream_status or exc.status
+    kind = (
+        "invalid_request_error"
+        if status < 404 or status in (405, 408, 409, 413, 422)
+        else "not_found_error"
+        if status == 404
+        else "rate_limit_error"
+        if status == 429
+        else "api_error"
+    )
+    return {
+        "error": {
+            "message": exc.upstream_text or exc.message,
+            "type": kind,
+            "param": getattr(exc, "param", None),
+            "code": exc.code,
+        }
+    }
+
+
+def openai_errors(handler: Handler) -> Handler:
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except GatewayError as exc:
+            info = request.get(CHAT_INFO)
+            if info is not None:
+                info["error"] = exc.code
+            headers = dict(exc.headers)
+            return web.json_response(
+                openai_error_body(exc), status=exc.upstream_status or exc.status, headers=headers
+            )
+
+    return wrapped
+
+
+# -- requests ---------------------------------------------------------------------------------
+
+
+def _options(body: dict[str, Any]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for name in ("temperature", "top_p", "seed", "frequency_penalty", "presence_penalty"):
+        value = body.get(name)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidParam(name, "must be a number")
+            options[name] = value
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidParam("max_tokens", "must be a positive whole number")
+        options["num_predict"] = limit
+    stop = body.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise InvalidParam("stop", "must be a string or a list of strings")
+        options["stop"] = stop
+    return options
+
+
+def _unsupported(body: dict[str, Any]) -> None:
+    n = body.get("n")
+    if n not in (None, 1):
+        raise InvalidParam("n", "only one choice per request is supported (n = 1)")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise InvalidParam("logprobs", "log probabilities are not supported through the gateway")
+    if body.get("logit_bias"):
+        raise InvalidParam("logit_bias", "is not supported by Ollama")
+    if body.get("stream_options") is not None and not body.get("stream"):
+        raise InvalidParam("stream_options", "is only allowed with stream: true")
+
+
+def _format(body: dict[str, Any]) -> Any:
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise InvalidParam("response_format", "json_schema needs a schema object")
+        return schema
+    raise InvalidParam("response_format", "type must be text, json_object or json_schema")
+
+
+def _content(value: Any, where: str) -> tuple[str, list[str]]:
+    """A message's content as text and images (data URLs' base64, as Ollama takes them)."""
+    if value is None:
+        return "", []
+    if isinstance(value, str):
+        return value, []
+    if not isinstance(value, list):
+        raise InvalidParam(where, "must be a string or a list of content parts")
+    texts, images = [], []
+    for i, part in enumerate(value):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            url = part.get("image_url")
+            url = url.get("url") if isinstance(url, dict) else url
+            if not isinstance(url, str) or not url.startswith("data:") or "," not in url:
+                raise InvalidParam(
+                    f"{where}[{i}].image_url", "must be a data: URL (base64 image data)"
+                )
+            images.append(url.split(",", 1)[1])
+        else:
+            raise InvalidParam(f"{where}[{i}]", "must be a text or image_url part")
+    return "\n".join(texts), images
+
+
+def _messages(value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise InvalidParam("messages", "must be a non-empty list of messages")
+    out: list[dict[str, Any]] = []
+    tool_names: dict[str, str] = {}
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict) or not isinstance(msg.get("role"), str):
+            raise InvalidParam(f"messages[{i}]", "must be an object with a role")
+        role = "system" if msg["role"] == "developer" else msg["role"]
+        text, images = _content(msg.get("content"), f"messages[{i}].content")
+        message: dict[str, Any] = {"role": role, "content": text}
+        if images:
+            message["images"] = images
+        if msg.get("reasoning"):
+            message["thinking"] = msg["reasoning"]
+        calls = []
+        for call in msg.get("tool_calls") or []:
+            function = call.get("function") or {}
+            arguments = function.get("arguments") or "{}"
+            try:
+                parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
+            except ValueError:
+                raise InvalidParam(
+                    f"messages[{i}].tool_calls", "function.arguments must be JSON"
+                ) from None
+            tool_names[str(call.get("id"))] = str(function.get("name", ""))
+            calls.append({"function": {"name": function.get("name"), "arguments": parsed}})
+        if calls:
+            message["tool_calls"] = calls
+        if role == "tool":
+            call_id = msg.get("tool_call_id")
+            if call_id is not None:
+                message["tool_call_id"] = call_id
+                if str(call_id) in tool_names:
+                    message["tool_name"] = tool_names[str(call_id)]
+        out.append(message)
+    return out
+
+
+def _think(body: dict[str, Any]) -> Any:
+    effort = body.get("reasoning_effort")
+    if isinstance(body.get("reasoning"), dict):
+        effort = body["reasoning"].get("effort", effort)
+    if effort is None:
+        return None
+    if effort == "none":
+        return False
+    if effort not in _EFFORTS:
+        raise InvalidParam("reasoning_effort", f"must be none, {', '.join(_EFFORTS)}")
+    return effort
+
+
+def native_chat_body(body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI chat request as Ollama's /api/chat body."""
+    _unsupported(body)
+    native: dict[str, Any] = {
+        "model": body.get("model"),
+        "messages": _messages(body.get("messages")),
+    }
+    options = _options(body)
+    if options:
+        native["options"] = options
+    fmt = _format(body)
+    if fmt is not None:
+        native["format"] = fmt
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    if choice not in (None, "auto", "none", "required"):
+        raise InvalidParam("tool_choice", "must be auto, none or required")
+    if tools and choice != "none":
+        if not isinstance(tools, list):
+            raise InvalidParam("tools", "must be a list of function tools")
+        native["tools"] = tools
+    think = _think(body)
+    if think is not None:
+        native["think"] = think
+    return native
+
+
+def native_completion_body(body: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI (legacy) completion request as Ollama's /api/generate body."""
+    _unsupported(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise InvalidParam("prompt", "must be a string (one prompt per request)")
+    native: dict[str, Any] = {"model": body.get("model"), "prompt": prompt}
+    options = _options(body)
+    if options:
+        native["options"] = options
+    if isinstance(body.get("suffix"), str):
+        native["suffix"] = body["suffix"]
+    return native
+
+
+def _parse(body: Any, kind: str, rid: str, endpoint: str) -> tuple[ChatRequest, bool, bool]:
+    if not isinstance(body, dict):
+        raise InvalidParam("body", "must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidParam("model", "is required")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidParam("stream", "must be true or false")
+    options = body.get("stream_options") or {}
+    usage = bool(isinstance(options, dict) and options.get("include_usage"))
+    native = native_chat_body(body) if kind == "chat" else native_completion_body(body)
+    req = parse_native(native, kind, rid)
+    if req is None:
+        raise InvalidParam("messages" if kind == "chat" else "prompt", "must not be empty")
+    return dataclasses.replace(req, stream=stream, endpoint=endpoint), stream, usage
+
+
+# -- answers ----------------------------------------------------------------------------------
+
+
+def _completion_id(prefix: str) -> str:
+    return f"{prefix}-{base64.b32encode(os.urandom(10)).decode().lower()}"
+
+
+def _finish_reason(done_reason: str, tool_calls: bool) -> str:
+    if tool_calls:
+        return "tool_calls"
+    return "length" if done_reason == "length" else "stop"
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def openai_tool_calls(calls: Any) -> list[dict[str, Any]]:
+    out = []
+    for i, call in enumerate(calls):
+        function = call.get("function") or {}
+        out.append(
+            {
+                "id": call.get("id") or f"call_{i}",
+                "index": function.get("index", i),
+                "type": "function",
+                "function": {
+                    "name": function.get("name"),
+                    "arguments": json.dumps(function.get("arguments") or {}),
+                },
+            }
+        )
+    return out
+
+
+def _counts(done: Done) -> tuple[str, int, int]:
+    if done.hit is not None:
+        return done.hit.done_reason, done.hit.prompt_eval_count, done.hit.eval_count
+    final = done.final or {}
+    return (
+        str(final.get("done_reason") or "stop"),
+        int(final.get("prompt_eval_count") or 0),
+        int(final.get("eval_count") or 0),
+    )
+
+
+def _whole(done: Done) -> tuple[str, str, tuple[dict[str, Any], ...]]:
+    if done.hit is not None:
+        return done.hit.text, done.hit.thinking, done.hit.tool_calls
+    assert done.answer is not None
+    return done.answer.text, done.answer.thinking, done.answer.tool_calls
+
+
+def chat_completion(model: str, done: Done) -> dict[str, Any]:
+    text, thinking, calls = _whole(done)
+    done_reason, prompt, completion = _counts(done)
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if thinking:
+        message["reasoning"] = thinking
+    if calls:
+        message["tool_calls"] = openai_tool_calls(calls)
+    return {
+        "id": _completion_id("chatcmpl"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": FINGERPRINT,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": _finish_reason(done_reason, bool(calls)),
+            }
+        ],
+        "usage": _usage(prompt, completion),
+    }
+
+
+def text_completion(model: str, done: Done) -> dict[str, Any]:
+    text, _, _ = _whole(done)
+    done_reason, prompt, completion = _counts(done)
+    return {
+        "id": _completion_id("cmpl"),
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": FINGERPRINT,
+        "choices": [
+            {
+                "text": text,
+                "index": 0,
+                "logprobs": None,
+                "finish_reason": _finish_reason(done_reason, False),
+            }
+        ],
+        "usage": _usage(prompt, completion),
+    }
+
+
+def _event(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+# -- handlers ---------------------------------------------------------------------------------
+
+
+@routes.post("/v1/chat/completions")
+@openai_errors
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _complete(request, "chat", "openai-chat")
+
+
+@routes.post("/v1/completions")
+@openai_errors
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _complete(request, "generate", "openai-completions")
+
+
+async def _complete(request: web.Request, kind: str, endpoint: str) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    body = await read_json(request)
+    rid = request_id(request)
+    req, stream, usage = _parse(body, kind, rid, endpoint)
+    info: dict[str, Any] = {"request_id": rid, "model": req.model}
+    request[CHAT_INFO] = info
+    if not stream:
+        _, done = await gateway.complete(req)
+        info.update(done.stats, cached=done.cached)
+        answer = (
+            chat_completion(req.model, done) if kind == "chat" else text_completion(req.model, done)
+        )
+        return web.json_response(
+            answer,
+            dumps=lambda o: json.dumps(o, ensure_ascii=False),
+            headers={"X-Cache": "HIT" if done.cached else "MISS", "X-Request-Id": rid},
+        )
+    return await _stream(request, gateway, req, info, usage)
+
+
+async def _stream(
+    request: web.Request,
+    gateway: Gateway,
+    req: ChatRequest,
+    info: dict[str, Any],
+    usage: bool,
+) -> web.StreamResponse:
+    chat = req.kind == "chat"
+    stream = gateway.chat(req)
+    resp = web.StreamResponse(
+        headers={
+            **SSE_HEADERS,
+            "X-Cache": "HIT" if stream.cached else "MISS",
+            "X-Request-Id": req.request_id,
+        }
+    )
+    base = {
+        "id": _completion_id("chatcmpl" if chat else "cmpl"),
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": req.model,
+        "system_fingerprint": FINGERPRINT,
+    }
+    active = request.app[ACTIVE_STREAMS]
+    current = asyncio.current_task()
+    if current is not None:
+        active.add(current)
+    first = True
+    calls = 0
+    await resp.prepare(request)
+    try:
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                if isinstance(event, Queued):
+                    # A comment line: keeps the connection alive, says where it stands; SDKs
+                    # skip comments.
+                    await resp.write(
+                        f": queued position={event.position} "
+                        f"eta_ms={event.estimated_wait_ms}\n\n".encode()
+                    )
+                    continue
+                if isinstance(event, Content):
+                    choice: dict[str, Any]
+                    if chat:
+                        delta: dict[str, Any] = {}
+                        if first:
+                            delta["role"] = "assistant"
+                        if event.text or not (event.thinking or event.tool_calls):
+                            delta["content"] = event.text
+                        if event.thinking:
+                            delta["reasoning"] = event.thinking
+                        if event.tool_calls:
+                            delta["tool_calls"] = openai_tool_calls(event.tool_calls)
+                            calls += len(event.tool_calls)
+                        choice = {"index": 0, "delta": delta, "finish_reason": None}
+                    else:
+                        choice = {"text": event.text, "index": 0, "finish_reason": None}
+                    first = False
+                    await resp.write(_event({**base, "choices": [choice]}))
+                elif isinstance(event, Done):
+                    info.update(event.stats, cached=event.cached)
+                    done_reason, prompt, completion = _counts(event)
+                    reason = _finish_reason(done_reason, calls > 0)
+                    last: dict[str, Any] = (
+                        {"index": 0, "delta": {}, "finish_reason": reason}
+                        if chat
+                        else {"text": "", "index": 0, "finish_reason": reason}
+                    )
+                    frames = _event({**base, "choices": [last]})
+                    if usage:
+                        frames += _event(
+                            {**base, "choices": [], "usage": _usage(prompt, completion)}
+                        )
+                    await resp.write(frames + b"data: [DONE]\n\n")
+    except ConnectionResetError:
+        info["error"] = "disconnected"
+        return resp
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await resp.write(
+                _event(
+                    {
+                        "error": {
+                            "message": "the gateway stopped or restarted before this answer "
+                            "was complete",
+                            "type": "api_error",
+                            "param": None,
+                            "code": "server_restarting",
+                        }
+                    }
+                )
+            )
+        raise
+    except GatewayError as exc:
+        info["error"] = exc.code
+        with contextlib.suppress(Exception):
+            await resp.write(_event(openai_error_body(exc)))
+        return resp
+    finally:
+        if current is not None:
+            active.discard(current)
+    with contextlib.suppress(ConnectionResetError):
+        await resp.write_eof()
+    return resp
+
+
+@routes.post("/v1/embeddings")
+@openai_errors
+async def embeddings(request: web.Request) -> web.Response:
+    started = time.perf_counter_ns()
+    gateway = request.app[GATEWAY]
+    body = await read_json(request)
+    if not isinstance(body, dict):
+        raise InvalidParam("body", "must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidParam("model", "is required")
+    value = body.get("input")
+    inputs = [value] if isinstance(value, str) else value
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(v, str) for v in inputs):
+        raise InvalidParam("input", "must be a string or a non-empty list of strings")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise InvalidParam("encoding_format", "must be float or base64")
+    native: dict[str, Any] = {"model": model}
+    if body.get("dimensions") is not None:
+        native["dimensions"] = body["dimensions"]
+    rid = request_id(request)
+    info: dict[str, Any] = {"request_id": rid, "model": model}
+    request[CHAT_INFO] = info
+    vectors, prompt_tokens, cached = await embed_inputs(gateway, rid, model, inputs, native)
+    info["cached"] = cached
+    record(gateway, rid, model, "openai-embed", cached=cached, started=started)
+    data = [
+        {"object": "embedding", "embedding": _encode(v, encoding), "index": i}
+        for i, v in enumerate(vectors)
+    ]
+    return web.json_response(
+        {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        },
+        headers={"X-Cache": "HIT" if cached else "MISS", "X-Request-Id": rid},
+    )
+
+
+def _encode(vector: list[float], encoding: str) -> list[float] | str:
+    if encoding == "float":
+        return vector
+    # What the SDK asks for by default: little-endian float32, base64.
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+@routes.get("/v1/models")
+@openai_errors
+async def models(request: web.Request) -> web.Response:
+    tags = await request.app[GATEWAY].ollama.list_models()
+    return web.json_response({"object": "list", "data": [_model(m) for m in tags]})
+
+
+@routes.get("/v1/models/{model:.+}")
+@openai_errors
+async def model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    tags = await request.app[GATEWAY].ollama.list_models()
+    wanted = {name, f"{name}:latest"}
+    for entry in tags:
+        if entry.get("name") in wanted or entry.get("model") in wanted:
+            return web.json_response(_model(entry, name))
+    raise NotFound(f"model '{name}' not found", code="model_not_found")
+
+
+def _model(entry: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    created = 0
+    with contextlib.suppress(ValueError, TypeError):
+        stamp = str(entry.get("modified_at", ""))
+        created = int(datetime.fromisoformat(stamp[:26] + stamp[-6:]).timestamp())
+    model_name = name or entry.get("name") or entry.get("model")
+    owner = str(model_name).split("/")[0] if "/" in str(model_name) else "library"
+    return {"id": model_name, "object": "model", "created": created, "owned_by": owner}
