@@ -192,11 +192,16 @@ def _messages(value: Any) -> list[dict[str, Any]]:
         message: dict[str, Any] = {"role": role, "content": text}
         if images:
             message["images"] = images
-        if msg.get("reasoning"):
+        if isinstance(msg.get("reasoning"), str) and msg["reasoning"]:
             message["thinking"] = msg["reasoning"]
         calls = []
-        for call in msg.get("tool_calls") or []:
-            function = call.get("function") or {}
+        given = msg.get("tool_calls") or []
+        if not isinstance(given, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("function"), dict) for c in given
+        ):
+            raise InvalidParam(f"messages[{i}].tool_calls", "must be a list of function calls")
+        for call in given:
+            function = call["function"]
             arguments = function.get("arguments") or "{}"
             try:
                 parsed = json.loads(arguments) if isinstance(arguments, str) else arguments

@@ -28,7 +28,9 @@ from tests.conftest import make_config
 ENDPOINTS = ["/api/chat-optimized", "/api/chat-batch", "/api/chat-queue", "/api/cache-stats"]
 # Ollama's own API: errors in Ollama's shape, and Ollama's own statuses passed on.
 NATIVE = ["/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show"]
-EXAMPLES = 700  # per test; four tests make a few thousand cases (~20 s here)
+# The OpenAI-compatible API: its error shape, SSE ending with [DONE] or an error event.
+OPENAI = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+EXAMPLES = 500  # per test; seven tests make a few thousand cases (~20 s here)
 SETTINGS = settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -112,6 +114,9 @@ def check(status: int, content_type: str, body: bytes, path: str = "") -> None:
     if path in NATIVE:
         check_native(status, content_type, body)
         return
+    if path in OPENAI:
+        check_openai(status, content_type, body)
+        return
     assert status != 500, body[:300]
     if content_type.startswith("text/event-stream"):
         assert status == 200
@@ -142,6 +147,20 @@ def check_native(status: int, content_type: str, body: bytes) -> None:
     if status >= 400:
         assert set(data) == {"error"}, data
         assert "internal error" not in data["error"]
+
+
+def check_openai(status: int, content_type: str, body: bytes) -> None:
+    if content_type.startswith("text/event-stream"):
+        assert status == 200
+        events = [e for e in body.decode().split("\n\n") if e.startswith("data: ")]
+        last = events[-1][6:]
+        assert last == "[DONE]" or "error" in json.loads(last)
+        return
+    assert content_type.startswith("application/json"), (status, content_type, body[:200])
+    data = json.loads(body)
+    if status >= 400:
+        assert set(data) == {"error"} and set(data["error"]) == {"message", "type", "param", "code"}
+        assert "internal error" not in data["error"]["message"]
 
 
 # -- strategies: JSON with the text browsers really send, surrogate halves included ------------
@@ -234,3 +253,43 @@ def test_ollamas_own_api(gateway, path, body, raw):
     _, port = gateway
     data = as_json(body) if not raw else json.dumps(body, ensure_ascii=True)[:40].encode()
     check(*request(port, "POST", path, data), path=path)
+
+
+openai_bodies = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": st.sampled_from(["llama3.2", "nope"]) | texts | scalars,
+        "messages": st.lists(
+            st.fixed_dictionaries(
+                {"role": roles, "content": texts | st.lists(values, max_size=2) | scalars},
+                optional={
+                    "tool_calls": st.lists(values, max_size=2) | values,
+                    "tool_call_id": texts | scalars,
+                    "reasoning": texts | scalars,
+                },
+            )
+            | values,
+            max_size=3,
+        ),
+        "prompt": texts | st.lists(texts, max_size=2) | scalars,
+        "input": texts | st.lists(texts, max_size=3) | scalars,
+        "stream": st.booleans() | scalars,
+        "stream_options": st.just({"include_usage": True}) | values,
+        "n": st.integers(0, 3) | scalars,
+        "max_tokens": st.integers(-1, 50) | scalars,
+        "temperature": st.floats(0, 2) | scalars,
+        "stop": texts | st.lists(texts, max_size=2) | scalars,
+        "tools": st.lists(values, max_size=2) | scalars,
+        "tool_choice": st.sampled_from(["auto", "none", "required", "x"]) | values,
+        "response_format": st.sampled_from([{"type": "json_object"}, {"type": "text"}]) | values,
+        "reasoning_effort": st.sampled_from(["low", "none", "x"]) | scalars,
+        "encoding_format": st.sampled_from(["float", "base64", "x"]) | scalars,
+    },
+)
+
+
+@SETTINGS
+@given(path=st.sampled_from(OPENAI), body=openai_bodies | values)
+def test_the_openai_api(gateway, path, body):
+    _, port = gateway
+    check(*request(port, "POST", path, as_json(body)), path=path)

@@ -9,7 +9,7 @@ import json
 import openai
 import pytest
 
-from tests.conftest import Server, Sim, user
+from tests.conftest import Server, Sim, user, wait_for
 
 WEATHER = {
     "type": "function",
@@ -244,3 +244,18 @@ async def test_langchain_chat_openai(server, sim):
 
     called = await llm.bind_tools([get_weather]).ainvoke("weather in Paris?")
     assert called.tool_calls and called.tool_calls[0]["name"] == "get_weather"
+
+
+async def test_a_client_that_leaves_a_stream_stops_the_generation(start_server, start_sim, http):
+    slow_sim = await start_sim(token_delay_ms=50, tokens=200)
+    server = await start_server(ollama__api_url=slow_sim.url)
+    async with http.post(
+        server.url + "/v1/chat/completions",
+        json={"model": "llama3.2", "messages": user("long"), "stream": True},
+    ) as r:
+        await r.content.readuntil(b"\n\n")  # the first chunk: it is generating
+
+    async def stopped() -> bool:
+        return (await slow_sim.stats())["cancelled"] == 1
+
+    assert await wait_for(stopped, timeout=1.0)
