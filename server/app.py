@@ -12,25 +12,26 @@ from typing import Any
 
 from aiohttp import web
 
+from server.auth import ANONYMOUS, Identity, presented_key
 from server.errors import GatewayError
 from server.gateway import Gateway
 from server.handlers import chat, embed, native, ollama_relay, openai, queue, stats
 from server.handlers.body import expect_handler
-from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
+from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY, IDENTITY
 
 log = logging.getLogger("chatbot.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CORS_METHODS = "GET, POST, DELETE, OPTIONS"
-CORS_HEADERS = "Content-Type, Accept, Cache-Control, Authorization"
+CORS_HEADERS = "Content-Type, Accept, Cache-Control, Authorization, X-API-Key"
 CORS_EXPOSE = "X-Cache, Retry-After"
 
 
 def create_app(gateway: Gateway) -> web.Application:
     app = web.Application(
         client_max_size=gateway.config.server.max_body_kb * 1024,
-        middlewares=[access_log, json_errors, host_guard, cors_guard],
+        middlewares=[access_log, json_errors, host_guard, cors_guard, auth_guard],
     )
     app[GATEWAY] = gateway
     app[ACTIVE_STREAMS] = set()
@@ -174,6 +175,70 @@ async def host_guard(request: web.Request, handler: Handler) -> web.StreamRespon
                 "answers requests addressed to localhost or a loopback IP",
                 "forbidden_host",
             )
+    return await handler(request)
+
+
+# -- API keys
+
+# Answered without a key: liveness and the API's description.
+_OPEN = {("GET", "/health"), ("GET", "/openapi.json"), ("GET", "/"), ("HEAD", "/")}
+# The gateway's own API, whose errors are {"error", "code"}; /v1 is OpenAI's; the rest Ollama's.
+_OWN = ("/api/chat-optimized", "/api/chat-batch", "/api/chat-queue", "/api/cache-stats", "/health")
+_MANAGEMENT = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
+
+
+def api_error(
+    request: web.Request, status: int, message: str, code: str, headers: dict[str, str]
+) -> web.Response:
+    """An error in the shape of the API the path belongs to."""
+    path = request.path
+    if path.startswith("/v1/"):
+        kind = {401: "authentication_error", 403: "permission_error"}.get(status, "api_error")
+        body: dict[str, Any] = {
+            "error": {"message": message, "type": kind, "param": None, "code": code}
+        }
+        return web.json_response(body, status=status, headers=headers)
+    if path.startswith(_OWN) or path in ("/metrics", "/openapi.json"):
+        return json_error(status, message, code, headers)
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+def _admin_only(request: web.Request) -> bool:
+    path = request.path
+    if path == "/api/cache-stats":
+        return request.method == "POST"  # clear, reset_stats
+    return path in _MANAGEMENT or path.startswith("/api/blobs/")
+
+
+@web.middleware
+async def auth_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Who calls: a key's identity when keys are set (401 without a valid one), else anonymous.
+    A configured user header names the user behind a key (or alone), for fair turns."""
+    gateway = request.app[GATEWAY]
+    header = gateway.config.auth.user_header
+    user = request.headers.get(header, "").strip()[:64] if header else ""
+    if not gateway.keys:
+        request[IDENTITY] = Identity(user, admin=True) if user else ANONYMOUS
+        return await handler(request)
+    if request.method == "OPTIONS" or (request.method, request.path) in _OPEN:
+        return await handler(request)
+    key = presented_key(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
+    who = gateway.keys.identify(key) if key else None
+    if who is None:
+        # Never the key itself in a message or the log.
+        message = (
+            "an API key is required: send Authorization: Bearer <key> or X-API-Key: <key>"
+            if key is None
+            else "the API key is not valid"
+        )
+        return api_error(request, 401, message, "unauthorized", {"WWW-Authenticate": "Bearer"})
+    if _admin_only(request) and not who.admin:
+        return api_error(
+            request, 403, f"{request.method} {request.path} needs an admin key", "forbidden", {}
+        )
+    if user:
+        who = Identity(f"{who.name}/{user}", admin=who.admin, priority=who.priority)
+    request[IDENTITY] = who
     return await handler(request)
 
 

@@ -48,6 +48,10 @@ class ChatRequest:
     native: dict[str, Any] | None = None
     key_extra: dict[str, Any] | None = None
     endpoint: str = "chat-optimized"
+    # Who asked (an API key's name): whose turn it is in the queue, whose ticket, and with
+    # [cache].scope = "per_key" whose cache entries.
+    user: str = "anonymous"
+    priority: int = 0  # Priority.INTERACTIVE; a "batch" key's requests are 1
 
     @property
     def path(self) -> str:

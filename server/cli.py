@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from server import __version__
+from server import __version__, config_file
+from server.auth import ROLES, Exposed, new_key, parse_key_entry
 from server.config import Config, ConfigError, effective_env, load
 from server.gateway import Gateway
 from server.lifecycle import PortInUse, ServerHost
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "simulate-ollama":
         return _simulate(argv[1:])
+    if argv and argv[0] == "keys":
+        return _keys(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         config = load_config(args)
@@ -83,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     except PortInUse as exc:
         print(f"error: {exc.strerror}", file=sys.stderr)
         return 1
+    except Exposed as exc:
+        print(f"error: {exc.strerror}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -101,6 +107,66 @@ async def serve(config: Config) -> None:
         log.info("shutting down")
     finally:
         await host.stop()
+
+
+def _keys(argv: list[str]) -> int:
+    """`chatbot-backend keys create|list|revoke`: API keys, stored hashed in the config file."""
+    parser = argparse.ArgumentParser(
+        prog="chatbot-backend keys",
+        description="Manage API keys. A new key is shown once; the config keeps only its hash.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="config file (as for the server)")
+    sub = parser.add_subparsers(dest="action", required=True)
+    create = sub.add_parser("create", help="create a key and print it (once)")
+    create.add_argument("name", help="who the key is for (shown in stats, never the key)")
+    create.add_argument("--role", choices=ROLES, default="user")
+    sub.add_parser("list", help="list key names and roles")
+    revoke = sub.add_parser("revoke", help="remove a key by name")
+    revoke.add_argument("name")
+    args = parser.parse_args(argv)
+    env = effective_env()
+    path = Path(config_path(args.config, env) or "config.toml")
+    try:
+        entries = list(load(path, env={}).auth.keys) if path.exists() else []
+    except ConfigError as exc:
+        print(f"config error: {exc.problems[0]}", file=sys.stderr)
+        return 2
+    names = [parse_key_entry(e).name for e in entries]
+    if args.action == "list":
+        for entry in entries:
+            parsed = parse_key_entry(entry)
+            print(f"{parsed.name}\t{parsed.role}")
+        return 0
+    if args.action == "revoke":
+        if args.name not in names:
+            print(f"error: no key named {args.name!r} in {path}", file=sys.stderr)
+            return 1
+        entries = [e for e in entries if parse_key_entry(e).name != args.name]
+    else:
+        if args.name in names:
+            print(f"error: a key named {args.name!r} exists; revoke it first", file=sys.stderr)
+            return 1
+        try:
+            key, entry = new_key(args.name, args.role)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        entries.append(entry)
+    try:
+        config_file.save(path, {("auth", "keys"): entries})
+    except (ConfigError, OSError, config_file.BrokenConfigFile) as exc:
+        print(f"error: could not save {path}: {exc}", file=sys.stderr)
+        return 1
+    if args.action == "create":
+        print(key)
+        print(
+            f"Key {args.name!r} ({args.role}) saved in {path} as a hash: this is the only time "
+            "it is shown. A running gateway picks it up on restart.",
+            file=sys.stderr,
+        )
+    else:
+        print(f"Key {args.name!r} removed from {path}.", file=sys.stderr)
+    return 0
 
 
 def _simulate(argv: list[str]) -> int:

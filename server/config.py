@@ -158,6 +158,14 @@ class CacheSection:
     ttl_seconds: int = field(
         default=3600, metadata=_meta("Seconds a cached answer stays valid", min=1, max=31536000)
     )
+    scope: str = field(
+        default="shared",
+        metadata=_meta(
+            "shared: identical questions share answers across users; per_key: each API key's "
+            "answers are its own, so a hit cannot reveal what someone else asked",
+            choices=("shared", "per_key"),
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -206,6 +214,48 @@ class CorsSection:
 
 
 @dataclass(frozen=True)
+class AuthSection:
+    keys: tuple[str, ...] = field(
+        default=(),
+        metadata=_meta(
+            "API keys, as name:role:sha256:<hash> (role user, batch or admin); create them with "
+            "`chatbot-backend keys create NAME` or the Settings page. Empty: no keys needed",
+            check="keys",
+        ),
+    )
+    allow_anonymous: bool = field(
+        default=False,
+        metadata=_meta(
+            "Serve without keys even on a non-loopback address (otherwise that refuses to start)"
+        ),
+    )
+    user_header: str = field(
+        default="",
+        metadata=_meta(
+            "A trusted header naming the user, for fair turns without keys (e.g. "
+            "X-OpenWebUI-User-Id); empty: off",
+            check="header",
+        ),
+    )
+    max_waiting_per_user: int = field(
+        default=0,
+        metadata=_meta(
+            "Requests one user may have waiting at once (more get 429); 0: no limit",
+            min=0,
+            max=100000,
+        ),
+    )
+    requests_per_minute_per_user: int = field(
+        default=0,
+        metadata=_meta(
+            "Generation requests one user may make per minute (more get 429); 0: no limit",
+            min=0,
+            max=1000000,
+        ),
+    )
+
+
+@dataclass(frozen=True)
 class LoggingSection:
     level: str = field(default="info", metadata=_meta("Log level", choices=LOG_LEVELS))
 
@@ -218,6 +268,7 @@ class Config:
     queue: QueueSection = field(default_factory=QueueSection)
     batch: BatchSection = field(default_factory=BatchSection)
     cors: CorsSection = field(default_factory=CorsSection)
+    auth: AuthSection = field(default_factory=AuthSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -327,6 +378,8 @@ def _rule(key: Key) -> str:
         "origins": 'a list of origins (scheme://host[:port]) or ["*"]',
         "nonempty": "a non-empty string",
         "host": "an IP address or host name",
+        "keys": "a list of name:role:sha256:<64 hex digits> entries",
+        "header": "an HTTP header name, or empty",
     }
     if key.check in described:
         return "must be " + described[key.check]
@@ -397,6 +450,20 @@ def _check(check: str | None, value: Any) -> str | None:
             return "has an invalid port"
     if check == "keep_alive" and not (_is_number(value) or _GO_DURATION.match(value)):
         return "must be a duration like 5m, 1h30m, 0 or -1, or a number of seconds"
+    if check == "keys":
+        from server.auth import parse_key_entry
+
+        names = set()
+        for entry in value:
+            try:
+                name = parse_key_entry(entry).name
+            except ValueError as exc:
+                return str(exc)
+            if name in names:
+                return f"the key name {name!r} is used twice"
+            names.add(name)
+    if check == "header" and value and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+        return "must be an HTTP header name (letters, digits, -)"
     if check == "origins":
         for origin in value:
             if origin == "*":

@@ -10,6 +10,9 @@
     │   ├── OllamaUnreachable        502 ollama_unreachable   (connection refused, DNS, reset)
     │   └── (status 503)             503 upstream_busy        (Ollama's own 503, passed on)
     ├── UpstreamTimeout              504 upstream_timeout     (connect or read timeout)
+    ├── Unauthorized                 401 unauthorized         (no key, or an unknown one)
+    ├── Forbidden                    403 forbidden            (an admin action without admin)
+    ├── TooManyRequests              429 too_many_requests    (a user's own limit; Retry-After)
     ├── QueueFull                    503 queue_full           (with Retry-After)
     ├── Cancelled                    409 cancelled            (DELETE /api/chat-queue)
     └── Conflict                     409 conflict             (e.g. a request_id in use)
@@ -94,6 +97,27 @@ class OllamaUnreachable(UpstreamError):
 class UpstreamTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"
+
+
+class Unauthorized(GatewayError):
+    """No API key, or one the gateway does not know."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(GatewayError):
+    """A key without the admin role asked for an admin action."""
+
+    status = 403
+    code = "forbidden"
+
+
+class TooManyRequests(GatewayError):
+    """A user's own limit (requests waiting, or per minute); with Retry-After."""
+
+    status = 429
+    code = "too_many_requests"
 
 
 class QueueFull(GatewayError):

@@ -23,9 +23,10 @@ from typing import Any
 import psutil
 
 from server import __version__
+from server.auth import KeyRing, RateLimiter
 from server.chat_request import ChatRequest
 from server.config import Config
-from server.errors import GatewayError
+from server.errors import GatewayError, TooManyRequests
 from server.services.batch import BulkProcessor, Coalescer
 from server.services.cache import CachedAnswer, ResponseCache, cache_key, normalize_model
 from server.services.generation import Answer, Generation, Queued
@@ -75,6 +76,9 @@ class Gateway:
         # model; models are client text, so at most MAX_MODELS are told apart.
         self.by_endpoint: dict[str, dict[str, int]] = {}
         self.by_model: dict[str, dict[str, int]] = {}
+        self.by_user: dict[str, dict[str, int]] = {}
+        self.keys = KeyRing(config.auth.keys)
+        self.limiter = RateLimiter()
         self._tasks: list[asyncio.Task[Any]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -104,6 +108,7 @@ class Gateway:
     def apply_config(self, config: Config) -> list[str]:
         """Take a new configuration at run time; return the keys that need a server restart."""
         old, self.config = self.config, config
+        self.keys = KeyRing(config.auth.keys)
         self.ollama.configure(
             config.ollama.api_url,
             config.ollama.timeout_seconds,
@@ -133,7 +138,7 @@ class Gateway:
 
     # -- chat -------------------------------------------------------------------------------
 
-    def chat(self, req: ChatRequest, priority: Priority = Priority.INTERACTIVE) -> ChatStream:
+    def chat(self, req: ChatRequest, priority: Priority | None = None) -> ChatStream:
         """Open an answer: a ChatStream of Queued and Content events ending with one Done.
 
         Whether it is a cache hit is known at once (for the `X-Cache` header), and so is a full
@@ -141,7 +146,15 @@ class Gateway:
         stream early (the client left) detaches it, and the upstream generation stops when
         nobody else listens to it.
         """
-        ticket = self.tickets.open(req.request_id, priority)  # may raise Conflict
+        priority = Priority(req.priority) if priority is None else priority
+        retry = self.limiter.retry_after(req.user, self.config.auth.requests_per_minute_per_user)
+        if retry is not None:
+            raise TooManyRequests(
+                f"{req.user} made {self.config.auth.requests_per_minute_per_user} requests in "
+                f"the last minute ([auth].requests_per_minute_per_user); try again in {retry} s",
+                headers={"Retry-After": str(retry)},
+            )
+        ticket = self.tickets.open(req.request_id, priority, req.user)  # may raise Conflict
         try:
             key = self.cache_key(req)
             hit = self.cache.get(key) if req.cache_read else None
@@ -158,8 +171,12 @@ class Gateway:
         return ChatStream(self._listen(req, gen, ticket))
 
     def cache_key(self, req: ChatRequest) -> str:
+        extra = req.key_extra
+        if self.config.cache.scope == "per_key":
+            # Each key's answers are its own: a hit cannot reveal someone else's question.
+            extra = {**(extra or {}), "scope": req.user}
         return cache_key(
-            req.model, req.messages, req.options, req.format, kind=req.kind, extra=req.key_extra
+            req.model, req.messages, req.options, req.format, kind=req.kind, extra=extra
         )
 
     def _generation_for(
@@ -172,7 +189,10 @@ class Gateway:
             self.tickets.drop_reservation(ticket)
             return gen
         entry = self.tickets.take_reservation(ticket) or self.queue.enqueue(
-            priority, label=req.request_id
+            priority,
+            label=req.request_id,
+            owner=req.user,
+            max_waiting=self.config.auth.max_waiting_per_user,
         )
 
         def store(answer: Answer) -> None:
@@ -205,7 +225,7 @@ class Gateway:
         self, req: ChatRequest, hit: CachedAnswer, ticket: Ticket
     ) -> AsyncGenerator[ChatEvent, None]:
         timer = Timer()
-        record = RequestRecord(req.request_id, req.model, req.endpoint, cached=True)
+        record = RequestRecord(req.request_id, req.model, req.endpoint, cached=True, user=req.user)
         self._log_hit(req, hit)
         try:
             record.ttft_ms = timer.ms()
@@ -226,7 +246,7 @@ class Gateway:
         self, req: ChatRequest, gen: Generation, ticket: Ticket
     ) -> AsyncGenerator[ChatEvent, None]:
         timer = Timer()
-        record = RequestRecord(req.request_id, req.model, req.endpoint)
+        record = RequestRecord(req.request_id, req.model, req.endpoint, user=req.user)
         listening_since = time.monotonic()
         try:
             async for event in gen.listen(ticket):
@@ -264,7 +284,14 @@ class Gateway:
         model = normalize_model(record.model)
         if model not in self.by_model and len(self.by_model) >= MAX_MODELS:
             model = "(other)"
-        for table, name in ((self.by_endpoint, record.endpoint), (self.by_model, model)):
+        user = record.user
+        if user not in self.by_user and len(self.by_user) >= MAX_MODELS:
+            user = "(other)"
+        for table, name in (
+            (self.by_endpoint, record.endpoint),
+            (self.by_model, model),
+            (self.by_user, user),
+        ):
             counts = table.get(name)
             if counts is None:
                 counts = table[name] = {"requests": 0, "hits": 0}
@@ -278,7 +305,7 @@ class Gateway:
         self.tickets.finish(ticket, status.get(record.status, "failed"))
 
     async def complete(
-        self, req: ChatRequest, priority: Priority = Priority.INTERACTIVE
+        self, req: ChatRequest, priority: Priority | None = None
     ) -> tuple[str, Done]:
         """The whole answer at once (non-streaming clients); queue updates are not needed."""
         stream = self.chat(req, priority)
@@ -310,7 +337,13 @@ class Gateway:
     def _record_hit(self, req: ChatRequest, hit: CachedAnswer) -> Done:
         self._log_hit(req, hit)
         record = RequestRecord(
-            req.request_id, req.model, req.endpoint, cached=True, ttft_ms=0, tokens=hit.eval_count
+            req.request_id,
+            req.model,
+            req.endpoint,
+            cached=True,
+            ttft_ms=0,
+            tokens=hit.eval_count,
+            user=req.user,
         )
         ticket = self.tickets.get(req.request_id)
         assert ticket is not None  # chat() opened it, and nothing has finished it yet
@@ -362,7 +395,12 @@ class Gateway:
 
     def issue_ticket(self, req: ChatRequest) -> Ticket:
         """POST /api/chat-queue: a place in line for a chat request to claim."""
-        return self.tickets.issue(req.request_id)
+        return self.tickets.issue(
+            req.request_id,
+            Priority(req.priority),
+            owner=req.user,
+            max_waiting=self.config.auth.max_waiting_per_user,
+        )
 
     def ticket(self, request_id: str) -> Ticket | None:
         return self.tickets.get(request_id)
@@ -395,6 +433,7 @@ class Gateway:
         self.coalescer.coalesced = 0
         self.by_endpoint.clear()
         self.by_model.clear()
+        self.by_user.clear()
         self.bulk_processor.batches = self.bulk_processor.items = 0
         self.ollama.counters = OllamaCounters()
 
@@ -444,6 +483,7 @@ class Gateway:
             "requests_total": self.requests_total,
             "endpoints": {k: dict(v) for k, v in self.by_endpoint.items()},
             "models": {k: dict(v) for k, v in self.by_model.items()},
+            "users": {k: dict(v) for k, v in self.by_user.items()},
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from server.auth import Identity
 from server.gateway import Gateway
 
 GATEWAY = web.AppKey("gateway", Gateway)
@@ -14,3 +15,5 @@ GATEWAY = web.AppKey("gateway", Gateway)
 ACTIVE_STREAMS = web.AppKey("active_streams", set[asyncio.Task[Any]])
 # What the chat handler learned about a request (id, model, timings, error), for the access log.
 CHAT_INFO = web.RequestKey("chat_info", dict[str, Any])
+# Who the request comes from, as the auth middleware found out.
+IDENTITY = web.RequestKey("identity", Identity)

@@ -13,6 +13,7 @@ import logging
 from aiohttp import web
 
 from server.app import create_app
+from server.auth import check_exposure
 from server.config import Config
 from server.connections import (
     ACCEPT_BURST,
@@ -80,6 +81,7 @@ class ServerHost:
         await self._bind()
 
     async def _bind(self) -> None:
+        check_exposure(self.config)  # raises Exposed: non-loopback, no keys, not on purpose
         host = self.config.server.host
         port = self.config.server.port if self._port_override is None else self._port_override
         limits = open_files_limit()

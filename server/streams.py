@@ -66,6 +66,7 @@ class RequestRecord:
     model: str
     endpoint: str = "chat-optimized"
     started: float = field(default_factory=time.time)
+    user: str = "anonymous"
     cached: bool = False
     queue_ms: int = 0
     ttft_ms: int | None = None

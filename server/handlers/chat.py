@@ -15,6 +15,7 @@ from server.chat_request import ChatRequest, parse_chat_request
 from server.errors import BadRequest, GatewayError
 from server.gateway import Gateway
 from server.handlers.body import read_json
+from server.handlers.caller import as_caller
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
 from server.services.generation import Queued
 from server.streams import Content
@@ -51,6 +52,7 @@ async def chat_optimized(request: web.Request) -> web.StreamResponse:
         accept=request.headers.get("Accept"),
         cache_control=request.headers.get("Cache-Control"),
     )
+    req = as_caller(req, request)
     info: dict[str, Any] = {"request_id": req.request_id, "model": req.model}
     request[CHAT_INFO] = info  # read by the access-log middleware
     if not req.stream:
@@ -204,7 +206,12 @@ async def chat_batch(request: web.Request) -> web.Response:
                 if isinstance(item, dict)
                 else item
             )
-            parsed.append(parse_chat_request(item, gateway.config, request_id=f"{batch_id}-{i}"))
+            parsed.append(
+                as_caller(
+                    parse_chat_request(item, gateway.config, request_id=f"{batch_id}-{i}"),
+                    request,
+                )
+            )
         except GatewayError as exc:
             exc.message = f"requests[{i}].{exc.message}"
             parsed.append(exc)

@@ -17,6 +17,7 @@ from aiohttp import web
 from server.errors import BadRequest, UpstreamError
 from server.gateway import Gateway
 from server.handlers.body import read_json
+from server.handlers.caller import caller
 from server.handlers.native import native_errors, request_id
 from server.json_checks import lone_surrogate_path
 from server.keys import CHAT_INFO, GATEWAY
@@ -27,8 +28,10 @@ from server.streams import RequestRecord
 routes = web.RouteTableDef()
 
 
-def _key(kind: str, model: str, text: str, body: dict[str, Any]) -> str:
+def _key(kind: str, model: str, text: str, body: dict[str, Any], scope: str | None) -> str:
     extra = {"input": text}
+    if scope is not None:
+        extra["scope"] = scope
     for name in ("truncate", "dimensions"):
         if body.get(name) is not None:
             extra[name] = body[name]
@@ -71,9 +74,10 @@ async def embed(request: web.Request) -> web.Response:
     rid = request_id(request)
     info: dict[str, Any] = {"request_id": rid, "model": model}
     request[CHAT_INFO] = info
-    vectors, prompt_tokens, cached = await embed_inputs(gateway, rid, model, inputs, body)
+    user = caller(request).name
+    vectors, prompt_tokens, cached = await embed_inputs(gateway, rid, model, inputs, body, user)
     info.update(cached=cached, eval_count=0)
-    record(gateway, rid, model, "embed", cached=cached, started=started)
+    record(gateway, rid, model, "embed", cached=cached, started=started, user=user)
     out: dict[str, Any] = {
         "model": model,
         "embeddings": vectors,
@@ -85,17 +89,23 @@ async def embed(request: web.Request) -> web.Response:
 
 
 async def embed_inputs(
-    gateway: Gateway, rid: str, model: str, inputs: list[str], body: dict[str, Any]
+    gateway: Gateway,
+    rid: str,
+    model: str,
+    inputs: list[str],
+    body: dict[str, Any],
+    user: str = "anonymous",
 ) -> tuple[list[list[float]], int, bool]:
     """The vectors of `inputs` in order, from the cache where it has them and from one
     /api/embed call for the rest; also Ollama's prompt token count and whether all were
     cached. `body` gives the fields that shape a vector (truncate, dimensions, options)."""
-    keys = [_key("embed", model, text, body) for text in inputs]
+    scope = user if gateway.config.cache.scope == "per_key" else None
+    keys = [_key("embed", model, text, body, scope) for text in inputs]
     vectors: list[list[float] | None] = [_cached(gateway, k) for k in keys]
     missing = list(dict.fromkeys(t for t, v in zip(inputs, vectors, strict=True) if v is None))
     prompt_tokens = 0
     if missing:
-        answer = await _upstream(gateway, rid, model, "/api/embed", {**body, "input": missing})
+        answer = await _upstream(gateway, rid, user, "/api/embed", {**body, "input": missing})
         fresh = answer.get("embeddings")
         if not isinstance(fresh, list) or len(fresh) != len(missing):
             raise UpstreamError("Ollama answered /api/embed without one embedding per input")
@@ -119,19 +129,22 @@ async def embeddings(request: web.Request) -> web.Response:
     if not prompt:
         return await _relay(gateway, "/api/embeddings", body)
     assert isinstance(prompt, str)
-    key = _key("embeddings", model, prompt, body)
+    user = caller(request).name
+    key = _key(
+        "embeddings", model, prompt, body, user if gateway.config.cache.scope == "per_key" else None
+    )
     vector = _cached(gateway, key)
     rid = request_id(request)
     request[CHAT_INFO] = {"request_id": rid, "model": model, "cached": vector is not None}
     if vector is None:
-        answer = await _upstream(gateway, rid, model, "/api/embeddings", body)
+        answer = await _upstream(gateway, rid, user, "/api/embeddings", body)
         vector = answer.get("embedding")
         if not isinstance(vector, list):
             raise UpstreamError("Ollama answered /api/embeddings without an embedding")
         _store(gateway, key, model, vector)
-        record(gateway, rid, model, "embed", cached=False, started=started)
+        record(gateway, rid, model, "embed", cached=False, started=started, user=user)
         return _json({"embedding": vector}, cached=False, rid=rid)
-    record(gateway, rid, model, "embed", cached=True, started=started)
+    record(gateway, rid, model, "embed", cached=True, started=started, user=user)
     return _json({"embedding": vector}, cached=True, rid=rid)
 
 
@@ -146,10 +159,15 @@ def _store(gateway: Gateway, key: str, model: str, vector: list[float]) -> None:
 
 
 async def _upstream(
-    gateway: Gateway, rid: str, model: str, path: str, body: dict[str, Any]
+    gateway: Gateway, rid: str, user: str, path: str, body: dict[str, Any]
 ) -> dict[str, Any]:
-    """One embedding call to Ollama, in its turn like a generation."""
-    entry = gateway.queue.enqueue(Priority.INTERACTIVE, label=rid)
+    """One embedding call to Ollama, in its turn (the user's) like a generation."""
+    entry = gateway.queue.enqueue(
+        Priority.INTERACTIVE,
+        label=rid,
+        owner=user,
+        max_waiting=gateway.config.auth.max_waiting_per_user,
+    )
     outcome = "failed"
     try:
         await gateway.queue.wait_turn(entry)
@@ -182,10 +200,19 @@ async def _relay(gateway: Gateway, path: str, body: dict[str, Any]) -> web.Respo
 
 
 def record(
-    gateway: Gateway, rid: str, model: str, endpoint: str, *, cached: bool, started: int
+    gateway: Gateway,
+    rid: str,
+    model: str,
+    endpoint: str,
+    *,
+    cached: bool,
+    started: int,
+    user: str = "anonymous",
 ) -> None:
     ms = round((time.perf_counter_ns() - started) / 1e6)
-    gateway.record(RequestRecord(rid, model, endpoint, cached=cached, ttft_ms=ms, total_ms=ms))
+    gateway.record(
+        RequestRecord(rid, model, endpoint, cached=cached, ttft_ms=ms, total_ms=ms, user=user)
+    )
 
 
 def _json(obj: dict[str, Any], *, cached: bool, rid: str) -> web.Response:

@@ -25,6 +25,7 @@ from server.chat_request import ChatRequest
 from server.errors import BadRequest, GatewayError
 from server.gateway import Gateway
 from server.handlers.body import read_json
+from server.handlers.caller import as_caller
 from server.json_checks import lone_surrogate_path
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
 from server.services.cache import CachedAnswer
@@ -285,9 +286,10 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     body = await read_json(request)
     rid = request_id(request)
-    req = parse_native(body, kind, rid)
-    if req is None:
+    parsed = parse_native(body, kind, rid)
+    if parsed is None:
         return await _relay_load(gateway, kind, body)
+    req = as_caller(parsed, request)
     info: dict[str, Any] = {"request_id": rid, "model": req.model}
     request[CHAT_INFO] = info
     if not req.stream:

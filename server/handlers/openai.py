@@ -28,6 +28,7 @@ from server.chat_request import ChatRequest
 from server.errors import BadRequest, GatewayError, NotFound
 from server.gateway import Gateway
 from server.handlers.body import read_json
+from server.handlers.caller import as_caller, caller
 from server.handlers.embed import embed_inputs, record
 from server.handlers.native import parse_native, request_id
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
@@ -425,6 +426,7 @@ async def _complete(request: web.Request, kind: str, endpoint: str) -> web.Strea
     body = await read_json(request)
     rid = request_id(request)
     req, stream, usage = _parse(body, kind, rid, endpoint)
+    req = as_caller(req, request)
     info: dict[str, Any] = {"request_id": rid, "model": req.model}
     request[CHAT_INFO] = info
     if not stream:
@@ -571,9 +573,19 @@ async def embeddings(request: web.Request) -> web.Response:
     rid = request_id(request)
     info: dict[str, Any] = {"request_id": rid, "model": model}
     request[CHAT_INFO] = info
-    vectors, prompt_tokens, cached = await embed_inputs(gateway, rid, model, inputs, native)
+    vectors, prompt_tokens, cached = await embed_inputs(
+        gateway, rid, model, inputs, native, caller(request).name
+    )
     info["cached"] = cached
-    record(gateway, rid, model, "openai-embed", cached=cached, started=started)
+    record(
+        gateway,
+        rid,
+        model,
+        "openai-embed",
+        cached=cached,
+        started=started,
+        user=caller(request).name,
+    )
     data = [
         {"object": "embedding", "embedding": _encode(v, encoding), "index": i}
         for i, v in enumerate(vectors)

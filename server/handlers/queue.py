@@ -7,6 +7,7 @@ from aiohttp import web
 from server.chat_request import parse_chat_request
 from server.errors import BadRequest, NotFound
 from server.handlers.body import read_json
+from server.handlers.caller import as_caller, caller
 from server.json_checks import quote
 from server.keys import GATEWAY
 from server.services.tickets import Ticket
@@ -18,7 +19,7 @@ routes = web.RouteTableDef()
 async def issue(request: web.Request) -> web.Response:
     """Take a place in line now; a chat request with the same request_id claims it."""
     gateway = request.app[GATEWAY]
-    req = parse_chat_request(await read_json(request), gateway.config)
+    req = as_caller(parse_chat_request(await read_json(request), gateway.config), request)
     ticket = gateway.issue_ticket(req)  # 503 with Retry-After when the line is full
     return web.json_response(gateway.ticket_info(ticket))
 
@@ -42,6 +43,9 @@ def _ticket(request: web.Request) -> Ticket:
     if not rid:
         raise BadRequest("requestId: query parameter is required", code="invalid_requestId")
     ticket = request.app[GATEWAY].ticket(rid)
+    who = caller(request)
+    if ticket is not None and ticket.owner != who.name and not who.admin:
+        ticket = None  # another user's: as if it did not exist, so ids reveal nothing
     if ticket is None:
         raise NotFound(f"no request with id {quote(rid)} (unknown, or finished and forgotten)")
     return ticket

@@ -5,6 +5,13 @@ chat goes before batch work, but a batch entry that has waited longer than `agin
 the average generation time is served as if it were interactive (and, being older, ahead of
 them), so a flood of chat traffic delays bulk jobs without ever starving them.
 
+Within a priority, users take turns (start-time fair queuing): each entry gets a turn number
+one past its owner's previous entry, but never below the turn being served now, and the line is
+served in turn order. So one user's fifty queued requests do not make everyone else wait behind
+them, and a newcomer gets the next turn rather than a backlog's worth of credit. Owners are API
+keys' names (or a trusted user header); without keys every request has the same owner and the
+line is first come, first served.
+
 ETA = position × recent average generation time ÷ max_concurrent, falling back to
 `estimated_time_per_request_ms` until a generation has been measured.
 """
@@ -21,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server.errors import QueueFull
+from server.errors import QueueFull, TooManyRequests
 
 log = logging.getLogger("chatbot.queue")
 
@@ -47,6 +54,8 @@ class QueueEntry:
     priority: Priority
     label: str = ""
     seq: int = 0
+    owner: str = ""
+    turn: int = 0
     enqueued_at: float = field(default_factory=time.monotonic)
     granted_at: float | None = None
     state: State = State.WAITING
@@ -88,6 +97,8 @@ class GenerationQueue:
         self._active: set[QueueEntry] = set()
         self._history: deque[float] = deque(maxlen=_HISTORY)
         self._seq = itertools.count()
+        self._serving_turn = 0  # the turn of the entry granted last
+        self._last_turn: dict[str, int] = {}  # each owner's latest turn
 
     # -- figures ------------------------------------------------------------------------------
 
@@ -118,12 +129,24 @@ class GenerationQueue:
         *,
         label: str = "",
         on_change: Callable[[], None] | None = None,
+        owner: str = "",
+        max_waiting: int = 0,
     ) -> QueueEntry:
-        """Take a place in line (or a slot at once); raise QueueFull when the line is full."""
-        entry = QueueEntry(priority, label, next(self._seq), on_change=on_change)
+        """Take a place in line (or a slot at once); raise QueueFull when the line is full, or
+        TooManyRequests when `owner` already has `max_waiting` (> 0) requests waiting."""
+        entry = QueueEntry(priority, label, next(self._seq), owner=owner, on_change=on_change)
         if len(self._active) < self.max_concurrent and not self._waiting:
+            self._take_turn(entry)
             self._grant(entry)
             return entry
+        if max_waiting and sum(e.owner == owner for e in self._waiting) >= max_waiting:
+            self.counters.rejected += 1
+            retry = str(self.retry_after_s())
+            raise TooManyRequests(
+                f"{owner or 'this user'} already has {max_waiting} requests waiting "
+                f"([auth].max_waiting_per_user); try again in {retry} s",
+                headers={"Retry-After": retry},
+            )
         if len(self._waiting) >= self.max_queue_size:
             self.counters.rejected += 1
             raise QueueFull(
@@ -131,9 +154,17 @@ class GenerationQueue:
                 f"{self.max_queue_size}); try again in {self.retry_after_s()} s",
                 headers={"Retry-After": str(self.retry_after_s())},
             )
+        self._take_turn(entry)
         self._waiting.append(entry)
         self._reorder()
         return entry
+
+    def _take_turn(self, entry: QueueEntry) -> None:
+        last = self._last_turn.get(entry.owner)
+        entry.turn = self._serving_turn if last is None else max(last + 1, self._serving_turn)
+        self._last_turn[entry.owner] = entry.turn
+        if len(self._last_turn) > 10000:  # owners long done need no memory
+            self._last_turn = {o: t for o, t in self._last_turn.items() if t >= self._serving_turn}
 
     async def wait_turn(self, entry: QueueEntry) -> None:
         """Wait until the entry holds a slot. Cancelling the wait leaves the line."""
@@ -180,6 +211,7 @@ class GenerationQueue:
     # -- internals ----------------------------------------------------------------------------
 
     def _grant(self, entry: QueueEntry) -> None:
+        self._serving_turn = max(self._serving_turn, entry.turn)
         entry.state = State.ACTIVE
         entry.granted_at = time.monotonic()
         entry.position = 0
@@ -201,11 +233,15 @@ class GenerationQueue:
         now = time.monotonic()
         aged_ms = self.aging_factor * self.avg_generation_ms
 
-        def rank(e: QueueEntry) -> tuple[int, float, int]:
+        def arrival(e: QueueEntry) -> tuple[int, float, int]:
             prio = e.priority
             if prio is Priority.BATCH and (now - e.enqueued_at) * 1000 >= aged_ms:
                 prio = Priority.INTERACTIVE
             return (prio, e.enqueued_at, e.seq)
+
+        def rank(e: QueueEntry) -> tuple[int, int, float, int]:
+            prio, enqueued, seq = arrival(e)
+            return (prio, e.turn, enqueued, seq)
 
         self._waiting.sort(key=rank)
         for pos, entry in enumerate(self._waiting, start=1):

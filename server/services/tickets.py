@@ -32,6 +32,7 @@ class Ticket:
     issued: bool = False
     cancelled: bool = False
     final: str | None = None
+    owner: str = "anonymous"  # who may see and cancel it (an API key's name)
     _timer: asyncio.TimerHandle | None = None
 
     @property
@@ -66,27 +67,41 @@ class TicketBook:
     def get(self, request_id: str) -> Ticket | None:
         return self._tickets.get(request_id)
 
-    def issue(self, request_id: str, priority: Priority = Priority.INTERACTIVE) -> Ticket:
+    def issue(
+        self,
+        request_id: str,
+        priority: Priority = Priority.INTERACTIVE,
+        *,
+        owner: str = "anonymous",
+        max_waiting: int = 0,
+    ) -> Ticket:
         """A ticket with a place in line, to be claimed by a chat request (POST /api/chat-queue)."""
         self._check_free(request_id)
-        entry = self.queue.enqueue(priority, label=request_id)  # may raise QueueFull
-        ticket = Ticket(request_id, priority, reservation=entry, issued=True)
+        # May raise QueueFull, or TooManyRequests for the owner's own limit.
+        entry = self.queue.enqueue(priority, label=request_id, owner=owner, max_waiting=max_waiting)
+        ticket = Ticket(request_id, priority, reservation=entry, issued=True, owner=owner)
         self._tickets[request_id] = ticket
         ticket._timer = asyncio.get_running_loop().call_later(
             self.ttl_seconds, self._expire, ticket
         )
         return ticket
 
-    def open(self, request_id: str, priority: Priority) -> Ticket:
-        """The ticket of a chat request: the one issued for its id, or a new one."""
+    def open(self, request_id: str, priority: Priority, owner: str = "anonymous") -> Ticket:
+        """The ticket of a chat request: the one issued for its id (to the same owner), or a
+        new one."""
         ticket = self._tickets.get(request_id)
-        if ticket is not None and not ticket.claimed and ticket.final is None:
+        if (
+            ticket is not None
+            and not ticket.claimed
+            and ticket.final is None
+            and ticket.owner == owner
+        ):
             ticket.claimed = True
             if ticket._timer is not None:
                 ticket._timer.cancel()
             return ticket
         self._check_free(request_id)
-        ticket = Ticket(request_id, priority, claimed=True)
+        ticket = Ticket(request_id, priority, claimed=True, owner=owner)
         self._tickets[request_id] = ticket
         return ticket
 

@@ -76,6 +76,10 @@ def test_every_key_can_be_set_from_its_env_variable():
             value = "http://example.test:1234"
         elif key.check == "keep_alive":
             value = "5m"
+        elif key.check == "keys":
+            value = "ci:batch:sha256:" + "ab" * 32
+        elif key.check == "header":
+            value = "X-OpenWebUI-User-Id"
         elif key.choices:
             value = key.choices[-1]
         conf = cfg.load(None, env={key.env_name: value})
@@ -106,7 +110,7 @@ def test_every_key_can_be_set_from_its_env_variable():
         (
             "[cache]\nmax_sise_mb = 5",
             "[cache].max_sise_mb: unknown key (keys of [cache] are "
-            "enabled, max_size_mb, ttl_seconds)",
+            "enabled, max_size_mb, ttl_seconds, scope)",
         ),
         ("[caches]\nenabled = true", "[caches]: unknown section"),
         ("port = 5", "[port]: unknown top-level key"),
@@ -155,7 +159,16 @@ def test_print_config_round_trips():
     again = tomlkit.parse(conf.to_toml()).unwrap()
     assert again["ollama"]["model"] == "qwen3:4b"
     assert again["server"]["port"] == 9000
-    assert set(again) == {"server", "ollama", "cache", "queue", "batch", "cors", "logging"}
+    assert set(again) == {
+        "server",
+        "ollama",
+        "cache",
+        "queue",
+        "batch",
+        "cors",
+        "auth",
+        "logging",
+    }
 
 
 def test_readme_config_table_is_generated_from_the_registry():
