@@ -262,6 +262,26 @@ def whole_answer(kind: str, model: str, done: Done, started_ns: int) -> dict[str
     return final
 
 
+class TextLines:
+    """A replay's text chunks from a template: the model and one `created_at` per answer are
+    encoded once, each piece of text on its own (a json.dumps of the whole nested chunk and
+    a fresh timestamp per word were most of a streamed hit's cost)."""
+
+    def __init__(self, kind: str, model: str) -> None:
+        head = json.dumps(
+            {"model": model, "created_at": created_at()}, ensure_ascii=False, separators=(",", ":")
+        )[:-1]
+        if kind == "generate":
+            self._start = (head + ',"response":').encode()
+            self._end = b',"done":false}\n'
+        else:
+            self._start = (head + ',"message":{"role":"assistant","content":').encode()
+            self._end = b'},"done":false}\n'
+
+    def line(self, text: str) -> bytes:
+        return self._start + json.dumps(text, ensure_ascii=False).encode() + self._end
+
+
 def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
@@ -340,16 +360,19 @@ async def _stream(
         active.add(current)
     batch = bytearray()
     limit = REPLAY_WRITE_BYTES if stream.cached else 0
+    replay = TextLines(req.kind, req.model)
     try:
         # Nothing is written while the request waits in line: a native stream has no queue
         # lines (clients json.loads every line as a chunk). Headers go with the first line.
         async with contextlib.aclosing(stream):
             async for event in stream:
                 if isinstance(event, Content):
-                    chunk = (
-                        event.raw if event.raw is not None else chunk_of(req.kind, req.model, event)
-                    )
-                    batch += _line(chunk)
+                    if event.raw is not None:
+                        batch += _line(event.raw)
+                    elif event.thinking or event.tool_calls:
+                        batch += _line(chunk_of(req.kind, req.model, event))
+                    else:
+                        batch += replay.line(event.text)
                 elif isinstance(event, Done):
                     info.update(event.stats, cached=event.cached)
                     if event.hit is not None:

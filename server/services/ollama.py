@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,16 +115,19 @@ class OllamaClient:
                 if resp.status >= 400:
                     raise await self._http_error(resp, model)
                 self._mark_reachable()
-                async for chunk in _ndjson(resp):
-                    if "error" in chunk:
-                        err = UpstreamError(f"Ollama failed mid-answer: {chunk['error']}")
-                        err.upstream_text = str(chunk["error"])
-                        raise err
-                    if chunk.get("done"):
-                        self.counters.tokens_generated += int(chunk.get("eval_count") or 0)
+                # aclosing: returning from inside the loop closes the parser now, not through
+                # asyncio's finalizer hook (a self-pipe write and a loop pass per stream).
+                async with contextlib.aclosing(_ndjson(resp)) as chunks:
+                    async for chunk in chunks:
+                        if "error" in chunk:
+                            err = UpstreamError(f"Ollama failed mid-answer: {chunk['error']}")
+                            err.upstream_text = str(chunk["error"])
+                            raise err
+                        if chunk.get("done"):
+                            self.counters.tokens_generated += int(chunk.get("eval_count") or 0)
+                            yield chunk
+                            return
                         yield chunk
-                        return
-                    yield chunk
                 raise UpstreamError("Ollama closed the stream before the answer was complete")
 
     async def chat(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -317,7 +320,7 @@ def keep_alive_value(value: str) -> str | float:
         return value
 
 
-async def _ndjson(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+async def _ndjson(resp: aiohttp.ClientResponse) -> AsyncGenerator[dict[str, Any], None]:
     """Parse an NDJSON body, buffering lines that arrive split across reads."""
     pending = b""
     async for data in resp.content.iter_any():
