@@ -1,5 +1,5 @@
-"""Screenshots of the Settings page (valid, with an error, and started from a file with a bad
-value) from the real app (offscreen).
+"""Screenshots of the Settings page (valid, with an error, creating an API key, and started from
+a file with a bad value) from the real app (offscreen).
 
 Run: QT_QPA_PLATFORM=offscreen .venv/bin/python scripts/settings_screenshots.py [OUTDIR]
 """
@@ -15,13 +15,28 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import qasync
-from PySide6.QtWidgets import QApplication
+from PySide6.QtGui import QColor, QPainter, QPixmap
+from PySide6.QtWidgets import QApplication, QWidget
 
 from app.companion import Companion
 from app.config_manager import ConfigManager, values_of
 from app.controller import Controller
+from app.settings.keys import KeysEditor
 from server import config_file, simulator
+from server.auth import new_key
 from server.config import default_toml, load
+
+
+def with_dialog(window: QWidget, dialog: QWidget) -> QPixmap:
+    """The window with the dialog over it, framed; high enough to leave the field in view."""
+    shot = window.grab()
+    over = dialog.grab()
+    x, y = (shot.width() - over.width()) // 2, (shot.height() - over.height()) // 4
+    painter = QPainter(shot)
+    painter.fillRect(x - 1, y - 1, over.width() + 2, over.height() + 2, QColor("#8a8f98"))
+    painter.drawPixmap(x, y, over)
+    painter.end()
+    return shot
 
 
 async def shoot(out: Path) -> None:
@@ -59,6 +74,20 @@ async def shoot(out: Path) -> None:
         await asyncio.sleep(0.3)
         window.grab().save(str(out / "settings-error.png"))
         assert load(path, env={}).cache.max_size_mb == 512
+        # API keys: two stored, a third just created and shown once.
+        page.revert()
+        values = values_of(controller.gateway.config)
+        values[("auth", "keys")] = [new_key("alice", "admin")[1], new_key("ci-runner", "batch")[1]]
+        await manager.save(values)
+        keys = page.field("auth", "keys")
+        assert isinstance(keys, KeysEditor)
+        page.scroll_area.ensureWidgetVisible(keys, 0, 120)
+        dialog = keys.open_create_dialog()
+        dialog.name_field.setText("bob")
+        dialog.create_button.click()
+        await asyncio.sleep(0.3)
+        with_dialog(window, dialog).save(str(out / "settings-keys.png"))
+        dialog.accept()
         companion.quit()
         await task
         companion.dashboard.close()

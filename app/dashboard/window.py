@@ -336,6 +336,8 @@ class DashboardWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         if self.confirm_dialog is not None:
             self.confirm_dialog.reject()
+        # A new API key on show must not outlive the window it was made in.
+        self.settings.close_dialogs()
         if self._close_quits:
             event.accept()
             self.close_requested.emit()

@@ -22,13 +22,16 @@ from PySide6.QtWidgets import (
     QSpinBox,
 )
 
+from app.settings.keys import KeysEditor
 from app.settings.list_editor import ItemCheck, ListEditor
 from server.config import ConfigError, Key, validate_value
 
 # Keys whose editor the registry's types alone do not pick: a model name is offered from the
-# list Ollama reports, and a system prompt may run over several lines.
+# list Ollama reports, a system prompt may run over several lines, and API keys are created
+# (and shown once) rather than typed.
 MODEL_KEY = ("ollama", "model")
 PROMPT_KEY = ("ollama", "system_prompt")
+KEYS_KEY = ("auth", "keys")
 COMPACT_WIDTH = 150
 
 
@@ -190,6 +193,7 @@ Editor = (
     | PromptEditor
     | ModelEditor
     | ListEditor
+    | KeysEditor
 )
 COMPACT = (BoolEditor, IntEditor, FloatEditor, ChoiceEditor)
 
@@ -205,6 +209,8 @@ def make_editor(key: Key) -> Editor:
         editor = FloatEditor(key)
     elif key.choices:
         editor = ChoiceEditor(key)
+    elif (key.section, key.name) == KEYS_KEY:
+        editor = KeysEditor(_item_check(key))
     elif key.type == "list":
         editor = ListEditor(_item_check(key))
     elif (key.section, key.name) == MODEL_KEY:

@@ -3,6 +3,7 @@ invalid, the server's message under it, and the help text."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -111,10 +112,17 @@ class FieldRow:
 
     def check(self) -> tuple[Any, str]:
         """(the validated value, "") or (None, the server's message for what the field holds)."""
+        raw = self.editor.raw()
         try:
-            value = validate_value(self.key, self.editor.raw())
+            value = validate_value(self.key, raw)
         except ConfigError as exc:
-            return None, exc.problems[0]
+            problem = exc.problems[0]
+            if self.key.check == "keys" and isinstance(raw, list):
+                # Quoting every entry's hash buries the reason: name the key, then the reason.
+                quoted = json.dumps(raw, ensure_ascii=False)
+                reason = problem.removeprefix(f"{self.key.dotted} = {quoted}: ")
+                problem = f"{self.key.dotted}: {reason}"
+            return None, problem
         return (list(value) if isinstance(value, tuple) else value), ""
 
     def show(self, error: str, warning: str = "") -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QLocale, QObject, Qt, Signal
 from PySide6.QtGui import QBrush, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -12,6 +13,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QStyledItemDelegate,
     QVBoxLayout,
     QWidget,
 )
@@ -19,6 +21,18 @@ from PySide6.QtWidgets import (
 from app.settings import tones
 
 ItemCheck = Callable[[str], str | None]  # the problem with one entry, or None
+Display = Callable[[str], str]  # how an entry reads in the list (editing shows the entry itself)
+
+
+class _DisplayDelegate(QStyledItemDelegate):
+    """Paints each row as `display` words it; the editor still opens on the stored text."""
+
+    def __init__(self, display: Display, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._display = display
+
+    def displayText(self, value: Any, locale: QLocale | QLocale.Language) -> str:
+        return self._display(str(value).strip())
 
 
 class ListEditor(QWidget):
@@ -27,11 +41,20 @@ class ListEditor(QWidget):
 
     edited = Signal()
 
-    def __init__(self, item_check: ItemCheck | None = None, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        item_check: ItemCheck | None = None,
+        parent: QWidget | None = None,
+        *,
+        display: Display | None = None,
+    ) -> None:
         super().__init__(parent)
         self._item_check = item_check
+        self._display = display
         self._marking = False
         self.list_widget = QListWidget()
+        if display is not None:
+            self.list_widget.setItemDelegate(_DisplayDelegate(display, self.list_widget))
         self.list_widget.setEditTriggers(
             QAbstractItemView.EditTrigger.DoubleClicked
             | QAbstractItemView.EditTrigger.EditKeyPressed
@@ -47,16 +70,16 @@ class ListEditor(QWidget):
         self.remove_button.setToolTip("Remove the selected entries")
         self.remove_button.setEnabled(False)
 
-        buttons = QVBoxLayout()
-        buttons.setSpacing(4)
-        buttons.addWidget(self.add_button)
-        buttons.addWidget(self.remove_button)
-        buttons.addStretch(1)
+        self.buttons = QVBoxLayout()
+        self.buttons.setSpacing(4)
+        self.buttons.addWidget(self.add_button)
+        self.buttons.addWidget(self.remove_button)
+        self.buttons.addStretch(1)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(6)
         layout.addWidget(self.list_widget, 1)
-        layout.addLayout(buttons)
+        layout.addLayout(self.buttons)
 
         self.add_button.clicked.connect(self.add_entry)
         self.remove_button.clicked.connect(self.remove_selected)
@@ -88,6 +111,22 @@ class ListEditor(QWidget):
         self.list_widget.editItem(item)
         return item
 
+    def append_entry(self, text: str) -> QListWidgetItem:
+        """Add a finished entry at the end and select it (an edit, like any other)."""
+        item = self._append(text)
+        self.list_widget.setCurrentItem(item)
+        self.list_widget.scrollToItem(item)
+        return item
+
+    def shown_texts(self) -> list[str]:
+        """Every row as the list shows it."""
+        return [
+            self._display(text) if self._display else text
+            for text in (
+                self.list_widget.item(i).text().strip() for i in range(self.list_widget.count())
+            )
+        ]
+
     def remove_selected(self) -> None:
         for item in self.list_widget.selectedItems():
             self.list_widget.takeItem(self.list_widget.row(item))
@@ -117,7 +156,9 @@ class ListEditor(QWidget):
                 text = item.text().strip()
                 problem = self._item_check(text) if self._item_check and text else None
                 item.setForeground(bad if problem else QBrush())
-                item.setToolTip(problem or "")
+                # A row shown in other words than its entry has the entry in its tooltip.
+                shown = self._display(text) if self._display and text else text
+                item.setToolTip(problem or (text if shown != text else ""))
         finally:
             self._marking = False
 

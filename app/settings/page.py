@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from app.settings import tones
 from app.settings.editors import ModelEditor, make_editor
 from app.settings.field_row import FieldRow
+from app.settings.keys import KeysEditor
 from app.settings.list_editor import ListEditor
 from app.settings.notice import Notice
 from app.settings.raw_view import RawView
@@ -274,6 +275,12 @@ class SettingsPage(QWidget):
 
     def set_raw_toml(self, text: str, path: str) -> None:
         self.raw_view.set_toml(text, path)
+
+    def close_dialogs(self) -> None:
+        """Dismiss the page's open dialogs: the window is going away."""
+        for row in self._rows.values():
+            if isinstance(row.editor, KeysEditor):
+                row.editor.close_dialog()
 
     def field(self, section: str, name: str) -> QWidget:
         return self._rows[(section, name)].editor

@@ -65,7 +65,13 @@ RUNNING: dict[KeyId, Any] = {
     ("batch", "enabled"): False,
     ("batch", "max_batch_size"): 5,
     ("batch", "batch_timeout_ms"): 100,
+    ("cache", "scope"): "per_key",
     ("cors", "allowed_origins"): ["http://localhost:5173", "*"],
+    ("auth", "keys"): ["alice:admin:sha256:" + "ab" * 32],
+    ("auth", "allow_anonymous"): True,
+    ("auth", "user_header"): "X-OpenWebUI-User-Id",
+    ("auth", "max_waiting_per_user"): 3,
+    ("auth", "requests_per_minute_per_user"): 60,
     ("logging", "level"): "debug",
 }
 
@@ -105,7 +111,9 @@ def retype(qtbot: QtBot, widget: QLineEdit | QSpinBox | QDoubleSpinBox, text: st
 
 def open_list_editor(qtbot: QtBot, editor: ListEditor) -> QLineEdit:
     def found() -> QLineEdit | None:
-        return editor.list_widget.viewport().findChild(QLineEdit)
+        # The row's open editor: one just closed is hidden, and deleted only later.
+        lines = editor.list_widget.viewport().findChildren(QLineEdit)
+        return next((line for line in lines if line.isVisible()), None)
 
     qtbot.waitUntil(lambda: found() is not None, timeout=1000)
     line = found()
