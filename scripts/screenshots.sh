@@ -23,32 +23,44 @@ trayer --edge top --align right --widthtype request --height 28 --tint 0x2b2b2b 
 .venv/bin/chatbot-backend simulate-ollama --port 11477 --tokens 60 --token-delay-ms 15 \
   --first-token-delay-ms 80 --models llama3.2:latest,qwen3:4b >/dev/null 2>&1 & pids+=($!)
 sleep 1
-CHATBOT_OLLAMA_API_URL=http://127.0.0.1:11477 PORT=8477 .venv/bin/chatbot-companion \
-  >"$tmp/app.log" 2>&1 & pids+=($!)
+# API keys for three users (the config keeps only their hashes), so the dashboard can say whose
+# requests these are.
+cfg="$tmp/config.toml"
+key() { .venv/bin/chatbot-backend keys --config "$cfg" create "$1" --role "$2" 2>/dev/null; }
+alice=$(key alice admin)
+ci=$(key ci-runner batch)
+bob=$(key bob user)
+CHATBOT_CONFIG="$cfg" CHATBOT_OLLAMA_API_URL=http://127.0.0.1:11477 PORT=8477 \
+  .venv/bin/chatbot-companion >"$tmp/app.log" 2>&1 & pids+=($!)
 for _ in $(seq 50); do curl -sf localhost:8477/health >/dev/null && break; sleep 0.2; done
 
 # Traffic: questions, repeats (cache hits), a few at once (queue), another model.
+# chat KEY QUESTION [MODEL]
 chat() { curl -s -X POST localhost:8477/api/chat-optimized -H 'Content-Type: application/json' \
-  -d "{\"messages\":[{\"role\":\"user\",\"content\":\"$1\"}],\"model\":\"${2:-llama3.2}\",\"stream\":false}" >/dev/null; }
-for q in "What is a cache?" "Explain queues" "What is a cache?" "Why is the sky blue?"; do chat "$q"; done
-for q in a b c d; do chat "parallel $q" & done; sleep 0.5
-chat "Explain queues"; chat "Summarize this" qwen3:4b &
+  -H "Authorization: Bearer $1" \
+  -d "{\"messages\":[{\"role\":\"user\",\"content\":\"$2\"}],\"model\":\"${3:-llama3.2}\",\"stream\":false}" >/dev/null; }
+for q in "What is a cache?" "Explain queues" "What is a cache?" "Why is the sky blue?"; do
+  chat "$alice" "$q"
+done
+for q in a b c d; do chat "$ci" "parallel $q" & done; sleep 0.5
+chat "$alice" "Explain queues"; chat "$bob" "Summarize this" qwen3:4b &
 sleep 2
-for _ in $(seq 6); do chat "What is a cache?"; sleep 0.7; done
+for _ in $(seq 6); do chat "$bob" "What is a cache?"; sleep 0.7; done
 # Ollama's own API too, so the dashboard has more than one endpoint to tell apart.
-native() { curl -s -X POST "localhost:8477/api/$1" -H 'Content-Type: application/json' \
-  -d "$2" >/dev/null; }
+# native KEY ENDPOINT BODY
+native() { curl -s -X POST "localhost:8477/api/$2" -H 'Content-Type: application/json' \
+  -H "Authorization: Bearer $1" -d "$3" >/dev/null; }
 for q in "Hello" "Hello" "What is RAM?"; do
-  native chat "{\"model\":\"llama3.2\",\"messages\":[{\"role\":\"user\",\"content\":\"$q\"}],\"stream\":false}"
+  native "$alice" chat "{\"model\":\"llama3.2\",\"messages\":[{\"role\":\"user\",\"content\":\"$q\"}],\"stream\":false}"
 done
 for prompt in "Write a haiku" "Write a haiku"; do
-  native generate "{\"model\":\"qwen3:4b\",\"prompt\":\"$prompt\",\"stream\":false}"
+  native "$ci" generate "{\"model\":\"qwen3:4b\",\"prompt\":\"$prompt\",\"stream\":false}"
 done
 wait_chats() { sleep 3; }
 wait_chats
 
 # The dashboard: a second launch raises the first one's window.
-.venv/bin/chatbot-companion >/dev/null 2>&1 || true
+CHATBOT_CONFIG="$cfg" .venv/bin/chatbot-companion >/dev/null 2>&1 || true
 sleep 2
 win=$(xdotool search --onlyvisible --name "^Chatbot Companion$" | head -1)
 xdotool windowsize "$win" 1040 760 windowmove "$win" 0 40

@@ -1,4 +1,5 @@
-"""Requests and cache hits per endpoint and per model: a two-line strip, busiest first."""
+"""Requests and cache hits per endpoint, per model and per user: a strip of lines, busiest
+first."""
 
 from __future__ import annotations
 
@@ -11,21 +12,43 @@ from PySide6.QtWidgets import QGridLayout, QLabel, QSizePolicy, QWidget
 
 from app.dashboard import formatting as fmt
 
-# The gateway's bucket for models past the first 50 it has seen.
+# The gateway's bucket for names past the first 50 it has seen (models, users).
 OTHER = "(other)"
 SLOTS = 4  # cells per line; when more entries than that, the last cell sums up the rest
+
+
+class Kind(NamedTuple):
+    """One line of the strip: the snapshot's key, its caption and tooltip, what the gateway's
+    "(other)" bucket stands for, and names shown muted (the usual case, not news)."""
+
+    key: str
+    title: str
+    tooltip: str
+    other: str = "others"
+    muted: frozenset[str] = frozenset()
+
+
 KINDS = (
-    (
+    Kind(
         "endpoints",
         "Endpoints",
         "Requests per endpoint since the server started, busiest first, "
         "and the share answered from the cache",
     ),
-    (
+    Kind(
         "models",
         "Models",
         "Requests per model since the server started, busiest first, and the "
         "share answered from the cache",
+        other="models past the first 50",
+    ),
+    Kind(
+        "users",
+        "Users",
+        "Requests per user since the server started (an API key's name, never the key, or the "
+        "user header's value), busiest first, and the share answered from the cache",
+        other="users past the first 50",
+        muted=frozenset({"anonymous"}),
     ),
 )
 TOOLTIP_LINES = 12
@@ -41,9 +64,10 @@ class Share(NamedTuple):
         rate = fmt.percent(self.hits / self.requests) if self.requests else fmt.DASH
         return f"{self.requests:,} · {rate} hits"
 
-    def describe(self) -> str:
-        """The tooltip line: 'chat: 310 requests, 31 answered from the cache (10 %)'."""
-        name = "models past the first 50" if self.name == OTHER else self.name
+    def describe(self, other: str = "others") -> str:
+        """The tooltip line: 'chat: 310 requests, 31 answered from the cache (10 %)'; `other`
+        says what the gateway's "(other)" bucket holds."""
+        name = other if self.name == OTHER else self.name
         rate = f" ({fmt.percent(self.hits / self.requests)})" if self.requests else ""
         return (
             f"{name}: {fmt.count(self.requests, 'request')}, "
@@ -71,8 +95,11 @@ def shares(counts: Mapping[str, Any]) -> list[Share]:
     return sorted(items, key=lambda s: (-s.requests, s.name))
 
 
-def cells(counts: Mapping[str, Any] | None, slots: int = SLOTS) -> list[Cell]:
+def cells(
+    counts: Mapping[str, Any] | None, slots: int = SLOTS, kind: Kind | None = None
+) -> list[Cell]:
     """At most `slots` cells: the busiest entries, then one that sums up the rest."""
+    other, muted = (kind.other, kind.muted) if kind else ("others", frozenset[str]())
     if counts is None:  # a server from before these figures
         return [Cell(fmt.DASH, "", "Not reported by this server", muted=True)]
     ranked = shares(counts)
@@ -85,14 +112,14 @@ def cells(counts: Mapping[str, Any] | None, slots: int = SLOTS) -> list[Cell]:
     else:
         shown = named[: slots - 1]
         rest = [s for s in ranked if s not in shown]
-    out = [Cell(s.name, s.figures(), s.describe()) for s in shown]
+    out = [Cell(s.name, s.figures(), s.describe(other), muted=s.name in muted) for s in shown]
     if rest:
         total = Share(
             "others" if any(s.name == OTHER for s in rest) else f"{len(rest)} more",
             sum(s.requests for s in rest),
             sum(s.hits for s in rest),
         )
-        lines = [s.describe() for s in rest[:TOOLTIP_LINES]]
+        lines = [s.describe(other) for s in rest[:TOOLTIP_LINES]]
         if len(rest) > TOOLTIP_LINES:
             lines.append(f"… and {len(rest) - TOOLTIP_LINES} more")
         out.append(Cell(total.name, total.figures(), "\n".join(lines)))
@@ -158,18 +185,21 @@ class CellWidget(QWidget):
 
 
 class Breakdown(QWidget):
-    """One line per kind ("endpoints", "models"), each a caption and `slots` cells. The cells
-    are made once; a snapshot only repaints those whose text changed, so nothing flickers."""
+    """One line per kind ("endpoints", "models", "users"), each a caption and `slots` cells.
+    The cells are made once; a snapshot only repaints those whose text changed, so nothing
+    flickers. A line can be hidden (the strip then shrinks by it)."""
 
     def __init__(
         self,
-        kinds: Sequence[tuple[str, str, str]] = KINDS,
+        kinds: Sequence[Kind] = KINDS,
         slots: int = SLOTS,
         parent: QWidget | None = None,
     ) -> None:
         super().__init__(parent)
         self._slots = slots
+        self._kinds = {kind.key: kind for kind in kinds}
         self._cells: dict[str, list[CellWidget]] = {}
+        self._captions: dict[str, QLabel] = {}
         small = QFont(self.font())
         small.setPointSizeF(max(7.0, small.pointSizeF() * 0.85))
         caption_font = QFont(small)
@@ -178,30 +208,40 @@ class Breakdown(QWidget):
         grid.setContentsMargins(12, 8, 12, 8)
         grid.setHorizontalSpacing(14)
         grid.setVerticalSpacing(4)
-        for row, (kind, title, tooltip) in enumerate(kinds):
-            caption = QLabel(title.upper())
-            caption.setToolTip(tooltip)
+        for row, kind in enumerate(kinds):
+            caption = QLabel(kind.title.upper())
+            caption.setToolTip(kind.tooltip)
             caption.setFont(caption_font)
             caption.setForegroundRole(QPalette.ColorRole.PlaceholderText)
             grid.addWidget(caption, row, 0, Qt.AlignmentFlag.AlignVCenter)
-            self._cells[kind] = []
+            self._captions[kind.key] = caption
+            self._cells[kind.key] = []
             for col in range(1, slots + 1):
                 cell = CellWidget(small)
                 grid.addWidget(cell, row, col)
-                self._cells[kind].append(cell)
-            self.set_counts(kind, {})
+                self._cells[kind.key].append(cell)
+            self.set_counts(kind.key, {})
         for col in range(1, slots + 1):
-            # Equal columns: the cells line up across the two lines and never shift with text.
+            # Equal columns: the cells line up across the lines and never shift with text.
             grid.setColumnStretch(col, 1)
             grid.setColumnMinimumWidth(col, 60)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
 
     def set_counts(self, kind: str, counts: Mapping[str, Any] | None) -> None:
         """Show one kind's {name: {"requests", "hits"}}; None means the server sent none."""
-        wanted = cells(counts, self._slots)
+        wanted = cells(counts, self._slots, self._kinds[kind])
         blank = Cell("", "", "")
         for i, widget in enumerate(self._cells[kind]):
             widget.show_cell(wanted[i] if i < len(wanted) else blank)
+
+    def set_line_visible(self, kind: str, visible: bool) -> None:
+        if self.line_visible(kind) == visible:
+            return
+        for widget in (self._captions[kind], *self._cells[kind]):
+            widget.setVisible(visible)
+
+    def line_visible(self, kind: str) -> bool:
+        return not self._captions[kind].isHidden()
 
     def shown(self, kind: str) -> list[Cell]:
         """The cells in view, left to right (the empty ones left out)."""

@@ -14,6 +14,7 @@ from app.dashboard.colors import BAD, WARN, text_tone
 COLUMNS = (
     "Time",
     "Endpoint",
+    "User",
     "Model",
     "Cached",
     "Queue (ms)",
@@ -24,6 +25,9 @@ COLUMNS = (
 )
 NUMERIC = frozenset(COLUMNS.index(c) for c in ("Queue (ms)", "TTFT (ms)", "Total (ms)", "Tokens"))
 STATUS = COLUMNS.index("Status")
+USER = COLUMNS.index("User")
+# Who sent a request when no key or user header named anyone: shown muted, as the usual case.
+ANONYMOUS = "anonymous"
 MAX_ROWS = 100
 # Interrupted by the client rather than failed: amber, not red.
 SOFT_STATUSES = frozenset({"cancelled", "disconnected"})
@@ -36,6 +40,7 @@ class Row(NamedTuple):
     cells: tuple[str, ...]
     status: str
     tooltip: str
+    anonymous: bool = False
 
 
 def make_row(rec: Mapping[str, Any]) -> Row:
@@ -45,10 +50,14 @@ def make_row(rec: Mapping[str, Any]) -> Row:
     when = float(rec.get("time", 0.0))
     endpoint = str(rec.get("endpoint") or "")
     model = str(rec.get("model", ""))
+    # A key's name (never the key), a user header's value, or "anonymous"; records from before
+    # API keys have none.
+    user = str(rec.get("user") or "")
     cells = (
         fmt.clock(when),
         # Records from before the native API have no endpoint: a dash rather than a guess.
         endpoint or fmt.DASH,
+        user or fmt.DASH,
         model,
         "yes" if rec.get("cached") else "no",
         fmt.millis(rec.get("queue_ms")),
@@ -57,8 +66,8 @@ def make_row(rec: Mapping[str, Any]) -> Row:
         f"{int(rec.get('tokens') or 0):,}",
         status,
     )
-    tooltip = " · ".join(filter(None, (request_id, endpoint, model, status)))
-    return Row((request_id, when), cells, status, tooltip)
+    tooltip = " · ".join(filter(None, (request_id, endpoint, user, model, status)))
+    return Row((request_id, when), cells, status, tooltip, user == ANONYMOUS)
 
 
 def _key(rec: Mapping[str, Any]) -> tuple[str, float]:
@@ -72,17 +81,26 @@ class RequestsModel(QAbstractTableModel):
         super().__init__()
         self._rows: list[Row] = []
         self._max_rows = max_rows
-        self._colors: dict[str, QColor] = {"bad": QColor(BAD), "soft": QColor(WARN)}
+        self._colors: dict[str, QColor] = {
+            "bad": QColor(BAD),
+            "soft": QColor(WARN),
+            "muted": QPalette().color(QPalette.ColorRole.PlaceholderText),
+        }
 
     def set_palette(self, palette: QPalette) -> None:
         """Pick status colours legible on this palette (called again when the theme changes)."""
-        self._colors = {"bad": text_tone(BAD, palette), "soft": text_tone(WARN, palette)}
+        self._colors = {
+            "bad": text_tone(BAD, palette),
+            "soft": text_tone(WARN, palette),
+            "muted": palette.color(QPalette.ColorRole.PlaceholderText),
+        }
         if self._rows:
-            self.dataChanged.emit(
-                self.index(0, STATUS),
-                self.index(len(self._rows) - 1, STATUS),
-                [Qt.ItemDataRole.ForegroundRole],
-            )
+            for col in (USER, STATUS):
+                self.dataChanged.emit(
+                    self.index(0, col),
+                    self.index(len(self._rows) - 1, col),
+                    [Qt.ItemDataRole.ForegroundRole],
+                )
 
     def update(self, recent: Sequence[Mapping[str, Any]]) -> int:
         """Bring the rows up to date; returns how many rows were inserted at the top.
@@ -141,8 +159,12 @@ class RequestsModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.TextAlignmentRole:
             h = Qt.AlignmentFlag.AlignRight if col in NUMERIC else Qt.AlignmentFlag.AlignLeft
             return h | Qt.AlignmentFlag.AlignVCenter
-        if role == Qt.ItemDataRole.ForegroundRole and col == STATUS and row.status != "ok":
-            return self._colors["soft" if row.status in SOFT_STATUSES else "bad"]
+        if role == Qt.ItemDataRole.ForegroundRole:
+            if col == STATUS and row.status != "ok":
+                return self._colors["soft" if row.status in SOFT_STATUSES else "bad"]
+            if col == USER and row.anonymous:
+                return self._colors["muted"]
+            return None
         if role == Qt.ItemDataRole.ToolTipRole:
             return row.tooltip or None
         return None

@@ -1,6 +1,6 @@
-"""The dashboard window: an Overview tab with the banner, tiles, the per-endpoint and per-model
-breakdown, charts, request table and log tail, rendering the once-a-second snapshot into them,
-and a Settings tab. It never calls services; it emits signals."""
+"""The dashboard window: an Overview tab with the banner, tiles, the per-endpoint, per-model and
+per-user breakdown, charts, request table and log tail, rendering the once-a-second snapshot
+into them, and a Settings tab. It never calls services; it emits signals."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from app.dashboard.banner import StateBanner
 from app.dashboard.breakdown import Breakdown
 from app.dashboard.colors import BAD, GOOD
 from app.dashboard.log_tail import LogTail
-from app.dashboard.requests_model import COLUMNS, RequestsModel
+from app.dashboard.requests_model import ANONYMOUS, COLUMNS, RequestsModel
 from app.dashboard.sparkline import Sparkline
 from app.dashboard.tiles import Tile
 from app.settings import SettingsPage
@@ -47,8 +47,14 @@ TILES: dict[str, tuple[str, str]] = {
     "ollama": ("Ollama", "Whether Ollama answers, the configured model and its latency"),
 }
 FLUSHABLE_STATES = frozenset({"serving", "ollama_down"})
-# The widest text a fixed-width column of the requests table must fit (else its header).
-COLUMN_SAMPLES = {"Time": "00:00:00", "Endpoint": "chat-optimized", "Status": "ollama_unavailable"}
+# The widest text a fixed-width column of the requests table must fit (else its header); a
+# longer user name is elided, and the row's tooltip has it in full.
+COLUMN_SAMPLES = {
+    "Time": "00:00:00",
+    "Endpoint": "chat-optimized",
+    "User": "anonymous",
+    "Status": "ollama_unavailable",
+}
 
 
 def _section(title: str, body: QWidget) -> QWidget:
@@ -95,6 +101,7 @@ class DashboardWindow(QMainWindow):
 
         self.tiles: dict[str, Tile] = {key: Tile(*spec) for key, spec in TILES.items()}
         self.breakdown = Breakdown()
+        self._render_users(None)  # until a snapshot names someone
         self.charts: dict[str, Sparkline] = {
             "hit_rate": Sparkline("Hit rate, last minute", fmt.percent, fixed_range=(0.0, 1.0)),
             "queue": Sparkline("Queue depth", lambda v: f"{v:,.0f}", floor=0.0, min_span=4.0),
@@ -222,6 +229,7 @@ class DashboardWindow(QMainWindow):
         self._render_ollama(ollama)
         self.breakdown.set_counts("endpoints", snap.get("endpoints"))
         self.breakdown.set_counts("models", snap.get("models"))
+        self._render_users(snap.get("users"))
 
         # The controller's rate over the last minute; the tile keeps the rate since start.
         self.charts["hit_rate"].add(float(snap.get("hit_rate_recent", hit_rate)))
@@ -257,6 +265,14 @@ class DashboardWindow(QMainWindow):
             self.tiles["ollama"].set_values(
                 "unreachable", f"{model} · {url}" if url else model, BAD
             )
+
+    def _render_users(self, users: Any) -> None:
+        # Without keys or a user header everyone is "anonymous", and an older server sends no
+        # users at all: a line saying so would tell nothing, so it shows only with names.
+        named = isinstance(users, Mapping) and any(name != ANONYMOUS for name in users)
+        self.breakdown.set_line_visible("users", named)
+        if named:
+            self.breakdown.set_counts("users", users)
 
     def _render_recent(self, recent: list[Mapping[str, Any]]) -> None:
         bar = self.requests_table.verticalScrollBar()

@@ -35,6 +35,7 @@ def record(i: int, **over: Any) -> dict[str, Any]:
         "time": T0 + i,
         "request_id": f"req-{i}",
         "endpoint": "chat-optimized",
+        "user": "alice",
         "model": "llama3.2",
         "cached": i % 2 == 0,
         "queue_ms": 10 * i,
@@ -273,6 +274,64 @@ def test_breakdown_before_any_request_and_from_an_older_server(window: Dashboard
     assert shown(window, "endpoints") == [("chat", "3 · 0 % hits")]
 
 
+USERS = {
+    "alice": {"requests": 40, "hits": 12},
+    "anonymous": {"requests": 3, "hits": 0},
+    "ci-runner": {"requests": 310, "hits": 200},
+}
+
+
+def test_breakdown_shows_requests_per_user_by_name(window: DashboardWindow) -> None:
+    window.update_snapshot(snapshot(users=USERS))
+    assert window.breakdown.line_visible("users")
+    assert shown(window, "users") == [
+        ("ci-runner", "310 · 65 % hits"),
+        ("alice", "40 · 30 % hits"),
+        ("anonymous", "3 · 0 % hits"),
+    ]
+    cells = window.breakdown.shown("users")
+    assert [c.muted for c in cells] == [False, False, True]  # anonymous: the quiet usual case
+    assert cells[0].tooltip == "ci-runner: 310 requests, 200 answered from the cache (65 %)"
+    # Past its first 50 users the gateway counts the rest together: summed up, and said so.
+    window.update_snapshot(
+        snapshot(users={"alice": {"requests": 5, "hits": 1}, "(other)": {"requests": 9, "hits": 3}})
+    )
+    assert shown(window, "users") == [("alice", "5 · 20 % hits"), ("others", "9 · 33 % hits")]
+    assert window.breakdown.shown("users")[-1].tooltip == (
+        "users past the first 50: 9 requests, 3 answered from the cache (33 %)"
+    )
+
+
+def test_the_users_line_shows_only_when_someone_is_named(
+    qtbot: QtBot, window: DashboardWindow
+) -> None:
+    window.show()
+    qtbot.waitExposed(window)
+    breakdown = window.breakdown
+    assert not breakdown.line_visible("users")  # before the first snapshot
+    short = breakdown.height()
+    window.update_snapshot(snapshot(users=USERS))
+    qtbot.waitUntil(lambda: breakdown.height() > short, timeout=1000)
+    tall = breakdown.height()
+    older = snapshot()  # a server from before API keys sends no users
+    without_users: list[dict[str, Any]] = [
+        snapshot(users={"anonymous": {"requests": 5, "hits": 1}}),  # no keys, no user header
+        snapshot(users={}),
+        older,
+        snapshot(users="junk"),
+    ]
+    for snap in without_users:
+        window.update_snapshot(snapshot(users=USERS))
+        assert breakdown.line_visible("users")
+        window.update_snapshot(snap)
+        assert not breakdown.line_visible("users"), snap.get("users")
+        qtbot.waitUntil(lambda: breakdown.height() == short, timeout=1000)
+    window.update_snapshot(snapshot(users=USERS))
+    qtbot.waitUntil(lambda: breakdown.height() == tall, timeout=1000)
+    # The other two lines keep their widgets and places throughout.
+    assert [c.name for c in breakdown.shown("endpoints")] == ["No requests yet"]
+
+
 def test_a_long_model_name_is_elided_and_reads_in_full(
     qtbot: QtBot, window: DashboardWindow
 ) -> None:
@@ -348,21 +407,25 @@ def test_table_shows_recent_requests_newest_first(window: DashboardWindow) -> No
     recent = [
         record(1),
         record(2, endpoint="embed", cached=True, queue_ms=0, ttft_ms=None, total_ms=3, tokens=1234),
-        record(3, endpoint="generate", status="ollama_unavailable", model="qwen2.5"),
+        record(3, endpoint="generate", status="ollama_unavailable", model="qwen2.5", user="ci"),
     ]
     window.update_snapshot(snapshot(recent=recent))
     rows = table_rows(window)
     model = window.requests_table.model()
     headers = [model.headerData(c, Qt.Orientation.Horizontal) for c in range(model.columnCount())]
     assert headers == [
-        "Time", "Endpoint", "Model", "Cached", "Queue (ms)", "TTFT (ms)", "Total (ms)", "Tokens",
-        "Status",
+        "Time", "Endpoint", "User", "Model", "Cached", "Queue (ms)", "TTFT (ms)", "Total (ms)",
+        "Tokens", "Status",
     ]  # fmt: skip
     assert [r[-1] for r in rows] == ["ollama_unavailable", "ok", "ok"]
-    assert rows[0][:3] == [time.strftime("%H:%M:%S", time.localtime(T0 + 3)), "generate", "qwen2.5"]
-    assert rows[1][1:] == ["embed", "llama3.2", "yes", "0", "—", "3", "1,234", "ok"]
-    assert rows[2][1:] == ["chat-optimized", "llama3.2", "no", "10", "101", "1,001", "51", "ok"]
-    assert "generate" in model.index(0, 0).data(Qt.ItemDataRole.ToolTipRole)
+    when = time.strftime("%H:%M:%S", time.localtime(T0 + 3))
+    assert rows[0][:4] == [when, "generate", "ci", "qwen2.5"]
+    assert rows[1][1:] == ["embed", "alice", "llama3.2", "yes", "0", "—", "3", "1,234", "ok"]
+    assert rows[2][1:] == [
+        "chat-optimized", "alice", "llama3.2", "no", "10", "101", "1,001", "51", "ok"
+    ]  # fmt: skip
+    tooltip = model.index(0, 0).data(Qt.ItemDataRole.ToolTipRole)
+    assert "generate" in tooltip and "ci" in tooltip
 
 
 def test_table_aligns_figures_right_and_colours_only_the_status(window: DashboardWindow) -> None:
@@ -381,20 +444,50 @@ def test_table_aligns_figures_right_and_colours_only_the_status(window: Dashboar
         )
         for c in range(model.columnCount())
     ]
-    # Time, Endpoint, Model, Cached | Queue, TTFT, Total, Tokens | Status
-    assert right == header_right == [False] * 4 + [True] * 4 + [False]
+    # Time, Endpoint, User, Model, Cached | Queue, TTFT, Total, Tokens | Status
+    assert right == header_right == [False] * 5 + [True] * 4 + [False]
     coloured = [
         model.index(0, c).data(Qt.ItemDataRole.ForegroundRole) is not None
         for c in range(model.columnCount())
     ]
-    assert coloured == [False] * 8 + [True]
+    assert coloured == [False] * 9 + [True]
 
 
 def test_table_shows_a_dash_for_records_without_an_endpoint(window: DashboardWindow) -> None:
     older = record(1)
     del older["endpoint"]
     window.update_snapshot(snapshot(recent=[older]))
-    assert table_rows(window)[0][1:3] == ["—", "llama3.2"]
+    assert table_rows(window)[0][1:4] == ["—", "alice", "llama3.2"]
+
+
+def test_table_names_who_sent_each_request(window: DashboardWindow) -> None:
+    before_keys = record(1)
+    del before_keys["user"]  # a server from before API keys
+    recent = [before_keys, record(2, user="anonymous"), record(3, user="ci-runner")]
+    window.update_snapshot(snapshot(recent=recent))
+    model = window.requests_table.model()
+    user = COLUMNS.index("User")
+    assert COLUMNS.index("Endpoint") + 1 == user
+    assert [r[user] for r in table_rows(window)] == ["ci-runner", "anonymous", "—"]
+    # A name is shown as it is; "anonymous" (no key, no user header) is the quiet usual case.
+    assert model.index(0, user).data(Qt.ItemDataRole.ForegroundRole) is None
+    muted = model.index(1, user).data(Qt.ItemDataRole.ForegroundRole)
+    placeholder = window.palette().color(QPalette.ColorRole.PlaceholderText)
+    assert muted == placeholder
+    assert "ci-runner" in model.index(0, 0).data(Qt.ItemDataRole.ToolTipRole)
+
+
+def test_a_long_user_name_is_elided_and_reads_in_full(
+    qtbot: QtBot, window: DashboardWindow
+) -> None:
+    window.show()
+    qtbot.waitExposed(window)
+    name = "a-very-long-key-name-for-the-nightly-evaluation@example.com"
+    window.update_snapshot(snapshot(recent=[record(1, user=name)]))
+    table = window.requests_table
+    user = COLUMNS.index("User")
+    assert table.columnWidth(user) < table.fontMetrics().horizontalAdvance(name)
+    assert name in table.model().index(0, user).data(Qt.ItemDataRole.ToolTipRole)
 
 
 def test_table_inserts_new_rows_and_keeps_the_selection(window: DashboardWindow) -> None:

@@ -1,4 +1,5 @@
-"""Settings applied live: through the Settings page, over HTTP, from an editor, and on failure."""
+"""Settings applied live: through the Settings page, over HTTP, from an editor, and on failure;
+an API key created on the page, saved and used."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import aiohttp
 import tomlkit
 
 from app.config_manager import values_of
+from app.dashboard.requests_model import COLUMNS
+from app.settings.keys import KeysEditor
+from server.auth import digest
 from server.config import default_toml
 from tests.conftest import free_port
 
@@ -275,3 +279,62 @@ def test_model_change_takes_effect_on_the_next_chat(start_app, run, qtbot):
         assert run(chat()) == "qwen3:4b"
     finally:
         run(sim.cleanup())
+
+
+async def chat_as(url: str, key: str | None) -> int:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with (
+        aiohttp.ClientSession() as s,
+        s.post(
+            url + CHAT,
+            json={"messages": [{"role": "user", "content": "hi"}], "stream": False},
+            headers=headers,
+        ) as r,
+    ):
+        await r.read()
+        return r.status
+
+
+def test_a_key_created_on_the_page_is_saved_as_a_hash_and_names_its_requests(
+    start_app, run, qtbot, caplog
+):
+    caplog.set_level(logging.DEBUG, logger="chatbot")
+    app = start_app()
+    window = app.companion.dashboard
+    page = window.settings
+    path = app.controller.config_path
+    before = _file_values(path.read_text())
+    assert run(chat_as(app.url, None)) == 200  # no keys yet: open, as before
+
+    editor = page.field("auth", "keys")
+    assert isinstance(editor, KeysEditor)
+    editor.create_button.click()
+    dialog = editor.dialog
+    assert dialog is not None
+    qtbot.keyClicks(dialog.name_field, "ci-runner")
+    dialog.create_button.click()
+    key = dialog.shown_key()
+    dialog.done_button.click()
+    qtbot.waitUntil(lambda: editor.dialog is None, timeout=1000)
+    page.save_button.click()
+    qtbot.waitUntil(lambda: bool(app.controller.gateway.keys), timeout=5000)
+
+    # The file gained that one entry (the hash, never the key); every other value is as it was.
+    text = path.read_text()
+    after = _file_values(text)
+    assert {k for k in after if after[k] != before[k]} == {("auth", "keys")}
+    assert after[("auth", "keys")] == [f"ci-runner:user:sha256:{digest(key)}"]
+    assert key not in text
+    assert "[auth].keys" in page.status_text()  # applied without a restart
+    # The running gateway wants the key now, and the dashboard says whose requests these are.
+    assert run(chat_as(app.url, None)) == 401
+    assert run(chat_as(app.url, key)) == 200
+    user = COLUMNS.index("User")
+    model = window.requests_model
+    qtbot.waitUntil(
+        lambda: model.rowCount() == 2 and model.cell(0, user) == "ci-runner", timeout=5000
+    )
+    assert model.cell(1, user) == "anonymous"  # the request from before the key
+    assert window.breakdown.line_visible("users")
+    assert [c.name for c in window.breakdown.shown("users")] == ["anonymous", "ci-runner"]
+    assert key not in caplog.text
