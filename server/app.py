@@ -15,7 +15,7 @@ from aiohttp import web
 from server.auth import ANONYMOUS, Identity, presented_key
 from server.errors import GatewayError
 from server.gateway import Gateway
-from server.handlers import chat, embed, native, ollama_relay, openai, queue, stats
+from server.handlers import chat, embed, native, ollama_relay, openai, openapi, queue, stats
 from server.handlers.body import expect_handler
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY, IDENTITY
 
@@ -44,6 +44,7 @@ def create_app(gateway: Gateway) -> web.Application:
         embed.routes,
         ollama_relay.routes,
         openai.routes,
+        openapi.routes,
     ):
         for route in table:
             assert isinstance(route, web.RouteDef)
