@@ -72,7 +72,10 @@ class ChatRequest:
 
 def _bad(field_name: str, message: str) -> BadRequest:
     top = field_name.split("[")[0].split(".")[0]
-    return BadRequest(f"{field_name}: {message}", code=f"invalid_{top}")
+    # A machine code stays a plain name even when the field is a client's odd key.
+    return BadRequest(
+        f"{field_name}: {message}", code=f"invalid_{top if top.isidentifier() else 'body'}"
+    )
 
 
 def _pick(body: Mapping[str, Any], snake: str, camel: str) -> Any:

@@ -100,7 +100,11 @@ def request_id(request: web.Request) -> str:
 
 
 def _bad(field: str, message: str) -> BadRequest:
-    return BadRequest(f"{field}: {message}", code=f"invalid_{field.split('[')[0].split('.')[0]}")
+    top = field.split("[")[0].split(".")[0]
+    # A machine code stays a plain name even when the field is a client's odd key.
+    return BadRequest(
+        f"{field}: {message}", code=f"invalid_{top if top.isidentifier() else 'body'}"
+    )
 
 
 def _check_types(body: dict[str, Any], kind: str) -> None:
