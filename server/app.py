@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from server import metrics
 from server.auth import ANONYMOUS, Identity, presented_key
 from server.errors import GatewayError
 from server.gateway import Gateway
@@ -38,6 +39,7 @@ def create_app(gateway: Gateway) -> web.Application:
     app.on_response_prepare.append(_add_cors_headers)
     for table in (
         chat.routes,
+        metrics.routes,
         stats.routes,
         queue.routes,
         native.routes,

@@ -27,6 +27,8 @@ from server.auth import KeyRing, RateLimiter
 from server.chat_request import ChatRequest
 from server.config import Config
 from server.errors import GatewayError, TooManyRequests
+from server.metrics import Metrics
+from server.metrics import enabled as metrics_enabled
 from server.services.batch import BulkProcessor, Coalescer
 from server.services.cache import CachedAnswer, ResponseCache, cache_key, normalize_model
 from server.services.generation import Answer, Generation, Queued
@@ -44,7 +46,13 @@ MAX_MODELS = 50
 
 
 class Gateway:
-    def __init__(self, config: Config, ollama: OllamaClient | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        ollama: OllamaClient | None = None,
+        *,
+        metrics: bool | None = None,
+    ) -> None:
         self.config = config
         self.ollama = ollama or OllamaClient(
             config.ollama.api_url,
@@ -80,6 +88,9 @@ class Gateway:
         self.keys = KeyRing(config.auth.keys)
         self.limiter = RateLimiter()
         self._tasks: list[asyncio.Task[Any]] = []
+        # Prometheus metrics (GET /metrics); on unless turned off for a measurement.
+        on = metrics_enabled() if metrics is None else metrics
+        self.metrics: Metrics | None = Metrics(self) if on else None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -161,14 +172,14 @@ class Gateway:
             if hit is not None:
                 self.tickets.drop_reservation(ticket)
                 return ChatStream(self._replay(req, hit, ticket), hit=hit)
-            gen = self._generation_for(req, key, ticket, priority)
+            gen, joined = self._generation_for(req, key, ticket, priority)
         except BaseException as exc:
             # Whatever went wrong (a full queue, or a bug), the ticket and any place in line
             # it holds are given back: nothing may keep a slot taken for good.
             self.tickets.abandon(ticket, exc.code if isinstance(exc, GatewayError) else "failed")
             raise
         ticket.generation = gen
-        return ChatStream(self._listen(req, gen, ticket))
+        return ChatStream(self._listen(req, gen, ticket, "coalesced" if joined else "miss"))
 
     def cache_key(self, req: ChatRequest) -> str:
         extra = req.key_extra
@@ -181,13 +192,14 @@ class Gateway:
 
     def _generation_for(
         self, req: ChatRequest, key: str, ticket: Ticket, priority: Priority
-    ) -> Generation:
+    ) -> tuple[Generation, bool]:
+        """The generation to listen to, and whether it is one already in flight (joined)."""
         # Only cacheable requests share: a client that asked for a fresh answer gets its own.
         shareable = self.config.batch.enabled and req.cache_read and req.cache_write
         if shareable and (gen := self.coalescer.join(key)) is not None:
             log.info("%s joins the identical generation in flight", req.request_id)
             self.tickets.drop_reservation(ticket)
-            return gen
+            return gen, True
         entry = self.tickets.take_reservation(ticket) or self.queue.enqueue(
             priority,
             label=req.request_id,
@@ -219,7 +231,7 @@ class Gateway:
         )
         if shareable:
             self.coalescer.register(key, gen)
-        return gen
+        return gen, False
 
     async def _replay(
         self, req: ChatRequest, hit: CachedAnswer, ticket: Ticket
@@ -240,10 +252,10 @@ class Gateway:
             record.total_ms = timer.ms()
             yield Done(model=req.model, cached=True, stats=record.stats(), hit=hit)
         finally:
-            self._finish(record, timer, ticket)
+            self._finish(record, timer, ticket, prompt_tokens=hit.prompt_eval_count)
 
     async def _listen(
-        self, req: ChatRequest, gen: Generation, ticket: Ticket
+        self, req: ChatRequest, gen: Generation, ticket: Ticket, outcome: str
     ) -> AsyncGenerator[ChatEvent, None]:
         timer = Timer()
         record = RequestRecord(req.request_id, req.model, req.endpoint, user=req.user)
@@ -275,10 +287,14 @@ class Gateway:
                 record.status = "disconnected"
             raise
         finally:
-            self._finish(record, timer, ticket)
+            prompt_tokens = int((gen.final or {}).get("prompt_eval_count") or 0)
+            self._finish(record, timer, ticket, outcome, prompt_tokens)
 
-    def record(self, record: RequestRecord) -> None:
-        """Count a finished request: the recent table, and the per-endpoint and model figures."""
+    def record(
+        self, record: RequestRecord, outcome: str | None = None, prompt_tokens: int = 0
+    ) -> None:
+        """Count a finished request: the recent table, the per-endpoint and model figures, and
+        the metrics. `outcome` is the cache's: hit, miss or coalesced (default: from `cached`)."""
         self.recent.append(record)
         self.requests_total += 1
         model = normalize_model(record.model)
@@ -297,10 +313,20 @@ class Gateway:
                 counts = table[name] = {"requests": 0, "hits": 0}
             counts["requests"] += 1
             counts["hits"] += record.cached
+        if self.metrics is not None:
+            outcome = outcome or ("hit" if record.cached else "miss")
+            self.metrics.observe(record, model, outcome, prompt_tokens)
 
-    def _finish(self, record: RequestRecord, timer: Timer, ticket: Ticket) -> None:
+    def _finish(
+        self,
+        record: RequestRecord,
+        timer: Timer,
+        ticket: Ticket,
+        outcome: str | None = None,
+        prompt_tokens: int = 0,
+    ) -> None:
         record.total_ms = record.total_ms or timer.ms()
-        self.record(record)
+        self.record(record, outcome, prompt_tokens)
         status = {"ok": "completed", "cancelled": "cancelled", "disconnected": "cancelled"}
         self.tickets.finish(ticket, status.get(record.status, "failed"))
 
@@ -347,7 +373,7 @@ class Gateway:
         )
         ticket = self.tickets.get(req.request_id)
         assert ticket is not None  # chat() opened it, and nothing has finished it yet
-        self._finish(record, Timer(), ticket)
+        self._finish(record, Timer(), ticket, prompt_tokens=hit.prompt_eval_count)
         return Done(model=req.model, cached=True, stats=record.stats(), hit=hit)
 
     # -- bulk jobs and tickets --------------------------------------------------------------

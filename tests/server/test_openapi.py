@@ -44,6 +44,8 @@ OTHER_APIS = {
     "server.handlers.embed",
     "server.handlers.ollama_relay",
     "server.handlers.openai",
+    # Prometheus' text format at /metrics: Prometheus defines it (README, `GET /metrics`).
+    "server.metrics",
 }
 
 

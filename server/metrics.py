@@ -1,0 +1,244 @@
+"""Prometheus metrics: per-request histograms and counters, service figures read at scrape time.
+
+Each Gateway has its own `CollectorRegistry` (tests run many gateways in one process, and the
+global registry would mix them). A finished request updates its series in `observe()`, called
+from `Gateway.record`, the one place requests are counted; the queue, cache and Ollama figures
+(gauges, and the counters the services keep anyway) are read by a collector only when
+`GET /metrics` is scraped, so they cost nothing per request. Scrapes are not chat requests.
+
+Label values that come from clients are bounded: models are the gateway's (at most MAX_MODELS,
+the rest "(other)"), endpoints and statuses are the gateway's own names and error codes.
+
+`GATEWAY_METRICS=off` in the environment turns the instrumentation off (no updates,
+`/metrics` answers 404); it exists to measure what the instrumentation costs (bench/metrics.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+import psutil
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from server.errors import GatewayError
+
+if TYPE_CHECKING:
+    from server.gateway import Gateway
+    from server.streams import RequestRecord
+
+# Not CHATBOT_…: that prefix is reserved for settings, and this is a switch for measurements.
+ENV_SWITCH = "GATEWAY_METRICS"
+
+# Seconds, from a cache hit (about a millisecond) to a long generation (ten minutes).
+BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+
+SERIES_LABELS = ("endpoint", "model", "cache")  # cache: hit, miss or coalesced
+
+
+def enabled(env: Mapping[str, str] | None = None) -> bool:
+    value = (os.environ if env is None else env).get(ENV_SWITCH, "on")
+    return value.strip().lower() not in ("off", "0", "false", "no")
+
+
+class Metrics:
+    """One gateway's metrics; `observe()` per finished request, `render()` per scrape."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        r = self.registry
+        self.ttft = Histogram(
+            "chatbot_time_to_first_token_seconds",
+            "Time from the request to the first piece of the answer (successful requests).",
+            SERIES_LABELS,
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "chatbot_request_duration_seconds",
+            "Time from the request to the end of the answer (successful requests).",
+            SERIES_LABELS,
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "chatbot_queue_wait_seconds",
+            "Time a request waited in the queue for a generation slot (misses and coalesced).",
+            SERIES_LABELS,
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "chatbot_requests",
+            "Chat, generate and embed requests finished, by status (ok or the error code; "
+            "cancelled, disconnected).",
+            ("endpoint", "model", "status"),
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "chatbot_prompt_tokens",
+            "Prompt tokens of answered requests (a hit's are those of the stored answer).",
+            SERIES_LABELS,
+            registry=r,
+        )
+        self.generated_tokens = Counter(
+            "chatbot_generated_tokens",
+            'Tokens answered (cache="miss" is what Ollama generated; hits were replayed).',
+            SERIES_LABELS,
+            registry=r,
+        )
+        # Children by label values: labels() takes a lock and builds a key each call; a dict
+        # lookup here keeps a cache hit's instrumentation to a few microseconds.
+        self._series: dict[tuple[str, str, str], tuple[Histogram, Histogram, Histogram | None]]
+        self._series = {}
+        self._tokens: dict[tuple[str, str, str], tuple[Counter, Counter]] = {}
+        self._requests: dict[tuple[str, str, str], Counter] = {}
+        r.register(_ServiceCollector(gateway))
+
+    def observe(self, record: RequestRecord, model: str, cache: str, prompt_tokens: int) -> None:
+        """Count a finished request; `model` is already bounded, `cache` is hit/miss/coalesced."""
+        key = (record.endpoint, model, record.status)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self.requests.labels(*key)
+        counter.inc()
+        if record.status != "ok":
+            return
+        key = (record.endpoint, model, cache)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self.ttft.labels(*key),
+                self.duration.labels(*key),
+                # A hit never queues: no empty histogram for it.
+                None if cache == "hit" else self.queue_wait.labels(*key),
+            )
+            self._tokens[key] = (
+                self.prompt_tokens.labels(*key),
+                self.generated_tokens.labels(*key),
+            )
+        ttft, duration, queue_wait = series
+        total_ms = record.total_ms
+        ttft.observe((record.ttft_ms if record.ttft_ms is not None else total_ms) / 1000)
+        duration.observe(total_ms / 1000)
+        if queue_wait is not None:
+            queue_wait.observe(record.queue_ms / 1000)
+        prompt, generated = self._tokens[key]
+        if prompt_tokens:
+            prompt.inc(prompt_tokens)
+        if record.tokens:
+            generated.inc(record.tokens)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _ServiceCollector(Collector):
+    """The services' own figures, read at scrape time: nothing runs per request for these.
+
+    The counters restart from zero when the stats are reset (`POST /api/cache-stats`
+    `reset_stats`); Prometheus' rate() and increase() treat that as a counter reset.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self._process = psutil.Process()
+
+    def collect(self) -> Iterator[Metric]:
+        g = self.gateway
+        cache, queue = g.cache.counters, g.queue.counters
+        counters = (
+            ("chatbot_cache_hits", "Cache lookups that found a stored answer.", cache.hits),
+            ("chatbot_cache_misses", "Cache lookups that found nothing.", cache.misses),
+            (
+                "chatbot_cache_evictions",
+                "Cache entries dropped to make room (least recently used).",
+                cache.evictions,
+            ),
+            (
+                "chatbot_cache_expirations",
+                "Cache entries dropped because their TTL passed.",
+                cache.expirations,
+            ),
+            (
+                "chatbot_coalesced_requests",
+                "Requests that joined an identical generation in flight instead of starting one.",
+                g.coalescer.coalesced,
+            ),
+            (
+                "chatbot_upstream_errors",
+                "Chat and generate calls to Ollama that failed (unreachable, HTTP error, "
+                "timeout, broken stream).",
+                g.ollama.counters.errors,
+            ),
+            (
+                "chatbot_queue_rejected",
+                "Requests turned away because the queue, or the user's share of it, was full.",
+                queue.rejected,
+            ),
+            (
+                "chatbot_queue_cancelled",
+                "Generations that left the queue or stopped because nobody listened any more.",
+                queue.cancelled,
+            ),
+        )
+        for name, help_text, value in counters:
+            yield CounterMetricFamily(name, help_text, value=value)
+        reachable = bool(g.ollama.reachable)
+        gauges = (
+            ("chatbot_queue_waiting_requests", "Generations waiting for a slot.", g.queue.waiting),
+            ("chatbot_queue_running_requests", "Generations holding a slot.", g.queue.active),
+            ("chatbot_cache_entries", "Answers in the response cache.", g.cache.entries),
+            ("chatbot_cache_size_bytes", "Accounted bytes of cached answers.", g.cache.size_bytes),
+            ("chatbot_ollama_up", "1 if the latest contact with Ollama succeeded.", reachable),
+            (
+                "chatbot_resident_memory_bytes",
+                "Resident memory (RSS) of the gateway's process.",
+                self._process.memory_info().rss,
+            ),
+        )
+        for name, help_text, value in gauges:
+            yield GaugeMetricFamily(name, help_text, value=float(value))
+
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus' text format. Not a chat request: it is neither counted nor queued."""
+    # Here, not at the top: server.keys imports the Gateway, which imports this module.
+    from server.keys import GATEWAY
+
+    found = request.app[GATEWAY].metrics
+    if found is None:
+        raise GatewayError(
+            f"metrics are turned off ({ENV_SWITCH}=off in the environment)",
+            code="not_found",
+            status=404,
+        )
+    return web.Response(body=found.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
