@@ -16,13 +16,20 @@ the rest "(other)"), endpoints and statuses are the gateway's own names and erro
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from collections.abc import Iterator, Mapping
+from itertools import accumulate
 from typing import TYPE_CHECKING
 
 import psutil
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
@@ -65,96 +72,141 @@ def enabled(env: Mapping[str, str] | None = None) -> bool:
     return value.strip().lower() not in ("off", "0", "false", "no")
 
 
+class _Series:
+    """One (endpoint, model, cache) combination's histograms and token counts, as plain numbers.
+
+    Buckets hold per-bucket (not cumulative) counts, the last one past the largest bound.
+    """
+
+    __slots__ = (
+        "generated",
+        "prompt",
+        "queue",
+        "queue_sum",
+        "total",
+        "total_sum",
+        "ttft",
+        "ttft_sum",
+    )
+
+    def __init__(self) -> None:
+        self.ttft = [0] * (len(BUCKETS) + 1)
+        self.total = [0] * (len(BUCKETS) + 1)
+        self.queue = [0] * (len(BUCKETS) + 1)
+        self.ttft_sum = self.total_sum = self.queue_sum = 0.0
+        self.prompt = self.generated = 0
+
+
 class Metrics:
-    """One gateway's metrics; `observe()` per finished request, `render()` per scrape."""
+    """One gateway's metrics; `observe()` per finished request, `render()` per scrape.
+
+    The per-request figures are kept as plain integers and floats, and turned into
+    prometheus_client's metric families only when scraped: prometheus_client's own
+    Counter/Histogram take a lock and make a dozen calls per update, which measured as several
+    percent of a cache hit (bench/README.md, "Metrics"). Everything runs on the event loop, so
+    a scrape sees a consistent state.
+    """
 
     def __init__(self, gateway: Gateway) -> None:
+        self.requests: dict[tuple[str, str, str], int] = {}  # (endpoint, model, status)
+        self.series: dict[tuple[str, str, str], _Series] = {}  # (endpoint, model, cache)
         self.registry = CollectorRegistry(auto_describe=False)
-        r = self.registry
-        self.ttft = Histogram(
-            "chatbot_time_to_first_token_seconds",
-            "Time from the request to the first piece of the answer (successful requests).",
-            SERIES_LABELS,
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self.duration = Histogram(
-            "chatbot_request_duration_seconds",
-            "Time from the request to the end of the answer (successful requests).",
-            SERIES_LABELS,
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self.queue_wait = Histogram(
-            "chatbot_queue_wait_seconds",
-            "Time a request waited in the queue for a generation slot (misses and coalesced).",
-            SERIES_LABELS,
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self.requests = Counter(
-            "chatbot_requests",
-            "Chat, generate and embed requests finished, by status (ok or the error code; "
-            "cancelled, disconnected).",
-            ("endpoint", "model", "status"),
-            registry=r,
-        )
-        self.prompt_tokens = Counter(
-            "chatbot_prompt_tokens",
-            "Prompt tokens of answered requests (a hit's are those of the stored answer).",
-            SERIES_LABELS,
-            registry=r,
-        )
-        self.generated_tokens = Counter(
-            "chatbot_generated_tokens",
-            'Tokens answered (cache="miss" is what Ollama generated; hits were replayed).',
-            SERIES_LABELS,
-            registry=r,
-        )
-        # Children by label values: labels() takes a lock and builds a key each call; a dict
-        # lookup here keeps a cache hit's instrumentation to a few microseconds.
-        self._series: dict[tuple[str, str, str], tuple[Histogram, Histogram, Histogram | None]]
-        self._series = {}
-        self._tokens: dict[tuple[str, str, str], tuple[Counter, Counter]] = {}
-        self._requests: dict[tuple[str, str, str], Counter] = {}
-        r.register(_ServiceCollector(gateway))
+        self.registry.register(_RequestCollector(self))
+        self.registry.register(_ServiceCollector(gateway))
 
     def observe(self, record: RequestRecord, model: str, cache: str, prompt_tokens: int) -> None:
         """Count a finished request; `model` is already bounded, `cache` is hit/miss/coalesced."""
-        key = (record.endpoint, model, record.status)
-        counter = self._requests.get(key)
-        if counter is None:
-            counter = self._requests[key] = self.requests.labels(*key)
-        counter.inc()
+        endpoint = record.endpoint
+        key = (endpoint, model, record.status)
+        self.requests[key] = self.requests.get(key, 0) + 1
         if record.status != "ok":
             return
-        key = (record.endpoint, model, cache)
-        series = self._series.get(key)
+        key = (endpoint, model, cache)
+        series = self.series.get(key)
         if series is None:
-            series = self._series[key] = (
-                self.ttft.labels(*key),
-                self.duration.labels(*key),
-                # A hit never queues: no empty histogram for it.
-                None if cache == "hit" else self.queue_wait.labels(*key),
-            )
-            self._tokens[key] = (
-                self.prompt_tokens.labels(*key),
-                self.generated_tokens.labels(*key),
-            )
-        ttft, duration, queue_wait = series
-        total_ms = record.total_ms
-        ttft.observe((record.ttft_ms if record.ttft_ms is not None else total_ms) / 1000)
-        duration.observe(total_ms / 1000)
-        if queue_wait is not None:
-            queue_wait.observe(record.queue_ms / 1000)
-        prompt, generated = self._tokens[key]
-        if prompt_tokens:
-            prompt.inc(prompt_tokens)
-        if record.tokens:
-            generated.inc(record.tokens)
+            series = self.series[key] = _Series()
+        total = record.total_ms / 1000
+        ttft = total if record.ttft_ms is None else record.ttft_ms / 1000
+        # bisect_left: the first bound ≥ the value, as Prometheus' `le` (less or equal) means.
+        series.ttft[bisect_left(BUCKETS, ttft)] += 1
+        series.ttft_sum += ttft
+        series.total[bisect_left(BUCKETS, total)] += 1
+        series.total_sum += total
+        if cache != "hit":  # a hit never queues
+            wait = record.queue_ms / 1000
+            series.queue[bisect_left(BUCKETS, wait)] += 1
+            series.queue_sum += wait
+        series.prompt += prompt_tokens
+        series.generated += record.tokens
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+_BOUNDS = [repr(float(b)) for b in BUCKETS] + ["+Inf"]  # "0.001" … "600.0", as Prometheus
+
+
+def _cumulative(counts: list[int]) -> list[tuple[str, float]]:
+    return list(zip(_BOUNDS, accumulate(counts), strict=True))
+
+
+class _RequestCollector(Collector):
+    """The per-request figures as Prometheus metric families, built at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "chatbot_requests",
+            "Chat, generate and embed requests finished, by status (ok or the error code; "
+            "cancelled, disconnected).",
+            labels=("endpoint", "model", "status"),
+        )
+        for labels, count in self.metrics.requests.items():
+            requests.add_metric(labels, count)
+        yield requests
+        histograms = (
+            (
+                "chatbot_time_to_first_token_seconds",
+                "Time from the request to the first piece of the answer (successful requests).",
+                "ttft",
+            ),
+            (
+                "chatbot_request_duration_seconds",
+                "Time from the request to the end of the answer (successful requests).",
+                "total",
+            ),
+            (
+                "chatbot_queue_wait_seconds",
+                "Time a request waited for a generation slot (misses and coalesced requests).",
+                "queue",
+            ),
+        )
+        series = self.metrics.series
+        for name, help_text, field in histograms:
+            family = HistogramMetricFamily(name, help_text, labels=SERIES_LABELS)
+            for labels, s in series.items():
+                if field == "queue" and labels[2] == "hit":
+                    continue  # never observed
+                counts: list[int] = getattr(s, field)
+                family.add_metric(labels, _cumulative(counts), sum_value=getattr(s, f"{field}_sum"))
+            yield family
+        prompt = CounterMetricFamily(
+            "chatbot_prompt_tokens",
+            "Prompt tokens of answered requests (a hit's are those of the stored answer).",
+            labels=SERIES_LABELS,
+        )
+        generated = CounterMetricFamily(
+            "chatbot_generated_tokens",
+            'Tokens answered (cache="miss" is what Ollama generated; hits were replayed).',
+            labels=SERIES_LABELS,
+        )
+        for labels, s in series.items():
+            prompt.add_metric(labels, s.prompt)
+            generated.add_metric(labels, s.generated)
+        yield prompt
+        yield generated
 
 
 class _ServiceCollector(Collector):
