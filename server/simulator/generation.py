@@ -35,6 +35,11 @@ _GO_ESCAPES = str.maketrans(
 )
 
 
+# A Go string holds no lone UTF-16 surrogate (its JSON decoder makes one U+FFFD): a request
+# that sent one gets U+FFFD back, never an encoding error.
+_GO_ESCAPES.update({code: "\ufffd" for code in range(0xD800, 0xE000)})
+
+
 def _go_json(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).translate(_GO_ESCAPES)
 
