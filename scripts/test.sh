@@ -11,6 +11,8 @@ command -v node >/dev/null || apt_install nodejs
 command -v curl >/dev/null || apt_install curl
 # The official ollama package for JavaScript, which a test drives against the gateway.
 command -v npm >/dev/null || apt_install npm
+# The web dashboard's browser test drives Debian's Chromium (tests/server/test_web_dashboard.py).
+command -v chromium >/dev/null || apt_install chromium
 (cd tests/js && npm ci --no-audit --no-fund --silent)
 # desktop-file-validate checks the desktop entry (tests/server/test_packaging_files.py).
 command -v desktop-file-validate >/dev/null || apt_install desktop-file-utils || true

@@ -19,6 +19,7 @@ from server.gateway import Gateway
 from server.handlers import chat, embed, native, ollama_relay, openai, openapi, queue, stats
 from server.handlers.body import expect_handler
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY, IDENTITY
+from server.web import dashboard
 
 log = logging.getLogger("chatbot.http")
 
@@ -32,7 +33,14 @@ CORS_EXPOSE = "X-Cache, Retry-After"
 def create_app(gateway: Gateway) -> web.Application:
     app = web.Application(
         client_max_size=gateway.config.server.max_body_kb * 1024,
-        middlewares=[access_log, json_errors, host_guard, cors_guard, auth_guard],
+        middlewares=[
+            access_log,
+            json_errors,
+            host_guard,
+            cors_guard,
+            auth_guard,
+            dashboard.browser_root,
+        ],
     )
     app[GATEWAY] = gateway
     app[ACTIVE_STREAMS] = set()
@@ -47,6 +55,7 @@ def create_app(gateway: Gateway) -> web.Application:
         ollama_relay.routes,
         openai.routes,
         openapi.routes,
+        dashboard.routes,
     ):
         for route in table:
             assert isinstance(route, web.RouteDef)
@@ -186,7 +195,14 @@ async def host_guard(request: web.Request, handler: Handler) -> web.StreamRespon
 # Answered without a key: liveness and the API's description.
 _OPEN = {("GET", "/health"), ("GET", "/openapi.json"), ("GET", "/"), ("HEAD", "/")}
 # The gateway's own API, whose errors are {"error", "code"}; /v1 is OpenAI's; the rest Ollama's.
-_OWN = ("/api/chat-optimized", "/api/chat-batch", "/api/chat-queue", "/api/cache-stats", "/health")
+_OWN = (
+    "/api/chat-optimized",
+    "/api/chat-batch",
+    "/api/chat-queue",
+    "/api/cache-stats",
+    "/api/dashboard",
+    "/health",
+)
 _MANAGEMENT = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
 
 
@@ -225,6 +241,8 @@ async def auth_guard(request: web.Request, handler: Handler) -> web.StreamRespon
         return await handler(request)
     if request.method == "OPTIONS" or (request.method, request.path) in _OPEN:
         return await handler(request)
+    if request.method == "GET" and dashboard.is_page(request.path):
+        return await handler(request)  # the page's files; it asks for a key to read the feed
     key = presented_key(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
     who = gateway.keys.identify(key) if key else None
     if who is None:
@@ -258,6 +276,10 @@ async def cors_guard(request: web.Request, handler: Handler) -> web.StreamRespon
     origin = request.headers.get("Origin")
     if origin is None:
         return await handler(request)  # not a browser's cross-origin call (curl, scripts)
+    if origin == f"{request.scheme}://{request.host}":
+        # The web dashboard's own calls: browsers send Origin on same-origin POSTs too. The
+        # Host guard has already checked the host.
+        return await handler(request)
     if not _origin_allowed(request, origin):
         # Refused outright, not just left without CORS headers: a page from another origin must
         # not be able to start generations it cannot read ("simple" POSTs skip preflight).

@@ -2,7 +2,8 @@
 
 It composes the services — response cache, queue, tickets, coalescing and bulk batches, the
 Ollama client — and exposes `chat()`, `complete()`, `bulk()`, `issue_ticket()`, `ticket()`,
-`cancel()`, `health()`, `snapshot()`, `flush_cache()`, `reset_stats()` and `apply_config()`.
+`cancel()`, `queue_entries()`, `health()`, `snapshot()`, `flush_cache()`, `reset_stats()` and
+`apply_config()`.
 Nobody else reaches into a service.
 
 A chat request goes: ticket → cache → (join an identical generation in flight | a new
@@ -445,6 +446,29 @@ class Gateway:
             "estimatedWaitTime": self.queue.eta_ms(ticket.position),
             "queueLength": self.queue.waiting,
         }
+
+    def queue_entries(self) -> list[dict[str, Any]]:
+        """The requests in progress, for the web dashboard's queue table: each one's id, owner,
+        status, place in line and ETA; those being answered first, then the line in order."""
+        rows = []
+        # Read-only: a finished ticket (kept for polling) is no longer in the queue.
+        for ticket in list(self.tickets._tickets.values()):
+            entry = ticket.entry
+            if ticket.final is not None or ticket.cancelled or entry is None:
+                continue
+            rows.append(
+                {
+                    "request_id": ticket.request_id,
+                    "user": ticket.owner,
+                    "status": ticket.status,
+                    "position": ticket.position,
+                    "estimated_wait_ms": self.queue.eta_ms(ticket.position),
+                    "waited_ms": round(entry.wait_ms),
+                    "priority": entry.priority.name.lower(),
+                }
+            )
+        rows.sort(key=lambda r: (r["status"] != "processing", r["position"]))
+        return rows
 
     # -- reporting --------------------------------------------------------------------------
 

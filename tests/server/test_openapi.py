@@ -46,6 +46,9 @@ OTHER_APIS = {
     "server.handlers.openai",
     # Prometheus' text format at /metrics: Prometheus defines it (README, `GET /metrics`).
     "server.metrics",
+    # The web dashboard: its page's files and the page's own live feed (an endless stream, which
+    # the README describes), not a part of the API clients build on.
+    "server.web.dashboard",
 }
 
 

@@ -165,3 +165,9 @@ def test_wheel_built_from_the_sdist_carries_the_same_files(builds):
     assert {
         f"app/shipped/resources/icons/hicolor/{n}x{n}/apps/{APP_ID}.png" for n in HICOLOR_SIZES
     } <= shipped
+
+
+def test_the_wheel_carries_the_web_dashboard(builds):
+    static = ROOT / "server" / "web" / "static"
+    files = {f"server/web/static/{p.name}" for p in static.iterdir()}
+    assert files and files <= _names(builds["wheel"])

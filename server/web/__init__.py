@@ -1,0 +1,1 @@
+"""The web dashboard: static pages under /dashboard and the live feed they read."""
