@@ -31,6 +31,7 @@ from server.handlers.body import read_json
 from server.handlers.caller import as_caller, caller
 from server.handlers.embed import embed_inputs, record
 from server.handlers.native import parse_native, request_id
+from server.json_checks import lone_surrogate_path
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
 from server.services.generation import Queued
 from server.streams import Content, Done
@@ -564,6 +565,8 @@ async def embeddings(request: web.Request) -> web.Response:
     inputs = [value] if isinstance(value, str) else value
     if not isinstance(inputs, list) or not inputs or not all(isinstance(v, str) for v in inputs):
         raise InvalidParam("input", "must be a string or a non-empty list of strings")
+    if lone_surrogate_path(body) is not None:
+        raise InvalidParam("input", "contains a lone UTF-16 surrogate; send valid Unicode text")
     encoding = body.get("encoding_format") or "float"
     if encoding not in ("float", "base64"):
         raise InvalidParam("encoding_format", "must be float or base64")

@@ -259,3 +259,12 @@ async def test_a_client_that_leaves_a_stream_stops_the_generation(start_server, 
         return (await slow_sim.stats())["cancelled"] == 1
 
     assert await wait_for(stopped, timeout=1.0)
+
+
+async def test_a_lone_surrogate_in_embedding_input_is_a_400_naming_it(server, sim, http):
+    body = b'{"model": "llama3.2", "input": ["fine", "half \\ud83d"]}'
+    async with http.post(
+        server.url + "/v1/embeddings", data=body, headers={"Content-Type": "application/json"}
+    ) as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["param"] == "input"
