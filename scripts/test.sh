@@ -13,6 +13,9 @@ command -v curl >/dev/null || apt_install curl
 command -v npm >/dev/null || apt_install npm
 # The web dashboard's browser test drives Debian's Chromium (tests/server/test_web_dashboard.py).
 command -v chromium >/dev/null || apt_install chromium
+# ... and Debian's Firefox ESR over WebDriver BiDi, which it serves itself: no driver
+# (tests/server/test_web_dashboard_firefox.py).
+command -v firefox-esr >/dev/null || apt_install firefox-esr
 (cd tests/js && npm ci --no-audit --no-fund --silent)
 # desktop-file-validate checks the desktop entry (tests/server/test_packaging_files.py).
 command -v desktop-file-validate >/dev/null || apt_install desktop-file-utils || true
