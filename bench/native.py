@@ -47,7 +47,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,15 @@ class Exchange:
     first_line_s: float  # the first b"\n" of the body arrived
     last_line_s: float  # the last b"\n" of the body arrived
     end_s: float  # the response was complete (Content-Length reached or the last chunk)
+    # (decoded body bytes, seconds) after each recv: when any part of the body arrived.
+    arrivals: list[tuple[int, float]] = field(default_factory=list)
+
+    def arrived_s(self, offset: int) -> float:
+        """When the body's first `offset` bytes were in, from the request's first byte."""
+        for length, at in self.arrivals:
+            if length >= offset:
+                return at
+        raise ValueError(f"the body has {len(self.body)} bytes, not {offset}")
 
 
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*(\d+)", re.IGNORECASE)
@@ -184,6 +193,7 @@ class RawClient:
         remaining = 0 if chunked else int(length.group(1))  # type: ignore[union-attr]
         in_data = not chunked  # inside a chunk's data (or a Content-Length body)
         finished = False
+        arrivals: list[tuple[int, float]] = []
         while True:
             before = len(body)
             while True:  # decode what has arrived
@@ -220,6 +230,7 @@ class RawClient:
                 last = now - started
                 if not first:
                     first = last
+            arrivals.append((len(body), now - started))
             if finished:
                 break
             pending += self._recv()
@@ -229,7 +240,7 @@ class RawClient:
             sock.close()
             self.sock = self._connect()
         status = int(head.split(" ", 2)[1])
-        return Exchange(status, head, bytes(body), first, last, end)
+        return Exchange(status, head, bytes(body), first, last, end, arrivals)
 
 
 def http_request(port: int, path: str, body: dict[str, Any], accept: str | None = None) -> bytes:
@@ -248,7 +259,7 @@ def http_request(port: int, path: str, body: dict[str, Any], accept: str | None 
 # --------------------------------------------------------------------------- checks
 
 
-def _header(head: str, name: str) -> str | None:
+def header(head: str, name: str) -> str | None:
     match = re.search(rf"\r\n{name}:\s*([^\r]*)", head, re.IGNORECASE)
     return match.group(1).strip() if match else None
 
@@ -257,7 +268,7 @@ def check_ndjson_stream(ex: Exchange, x_cache: str | None) -> int:
     """A complete native stream: NDJSON lines, the last one `done: true`. Returns the lines."""
     if ex.status != 200:
         raise RuntimeError(f"status {ex.status}: {ex.body[:300]!r}")
-    if x_cache is not None and _header(ex.head, "X-Cache") != x_cache:
+    if x_cache is not None and header(ex.head, "X-Cache") != x_cache:
         raise RuntimeError(f"expected X-Cache: {x_cache}, headers {ex.head!r}")
     lines = [json.loads(line) for line in ex.body.split(b"\n") if line.strip()]
     if not lines or lines[-1].get("done") is not True or any("error" in c for c in lines):
@@ -267,7 +278,7 @@ def check_ndjson_stream(ex: Exchange, x_cache: str | None) -> int:
 
 def check_native_whole(ex: Exchange) -> None:
     answer = json.loads(ex.body)
-    if ex.status != 200 or _header(ex.head, "X-Cache") != "HIT" or answer.get("done") is not True:
+    if ex.status != 200 or header(ex.head, "X-Cache") != "HIT" or answer.get("done") is not True:
         raise RuntimeError(f"not a native hit: {ex.status} {ex.head!r} {ex.body[:300]!r}")
 
 
@@ -277,12 +288,12 @@ def check_native_stream_hit(ex: Exchange) -> None:
 
 def check_optimized_whole(ex: Exchange) -> None:
     answer = json.loads(ex.body)
-    if ex.status != 200 or _header(ex.head, "X-Cache") != "HIT" or answer.get("cached") is not True:
+    if ex.status != 200 or header(ex.head, "X-Cache") != "HIT" or answer.get("cached") is not True:
         raise RuntimeError(f"not a cached answer: {ex.status} {ex.head!r} {ex.body[:300]!r}")
 
 
 def check_sse_hit(ex: Exchange) -> None:
-    if ex.status != 200 or _header(ex.head, "X-Cache") != "HIT":
+    if ex.status != 200 or header(ex.head, "X-Cache") != "HIT":
         raise RuntimeError(f"not an SSE hit: {ex.status} {ex.head!r}")
     last = ex.body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1]
     if not last.startswith(b"data: ") or json.loads(last[6:]).get("cached") is not True:
@@ -456,13 +467,13 @@ def warm_hits(gateway: Server) -> dict[str, Any]:
     try:
         kind = HIT_KINDS["native"]
         miss = client.exchange(http_request(gateway.port, kind.path, kind.body, kind.accept))
-        if _header(miss.head, "X-Cache") != "MISS":
+        if header(miss.head, "X-Cache") != "MISS":
             raise RuntimeError(f"the first request should be a miss: {miss.head!r}")
         first: dict[str, str | None] = {}
         for kind in HIT_KINDS.values():
             request = http_request(gateway.port, kind.path, kind.body, kind.accept)
             ex = client.exchange(request)
-            first[kind.key] = _header(ex.head, "X-Cache")
+            first[kind.key] = header(ex.head, "X-Cache")
             if first[kind.key] != "HIT":  # not shared: store this protocol's own entry
                 ex = client.exchange(request)
             kind.check(ex)
@@ -476,12 +487,13 @@ def hit_summary(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": statistics.median(ms), "p99_ms": percentile(ms, 99)}
 
 
-def measure_hit_latency(args: argparse.Namespace, gateway: Server) -> dict[str, Any]:
-    keys = list(HIT_KINDS)
+def measure_hit_latency(
+    args: argparse.Namespace, gateway: Server, kinds: dict[str, HitKind] = HIT_KINDS
+) -> dict[str, Any]:
+    keys = list(kinds)
     clients = {k: RawClient(gateway.port) for k in keys}
     requests = {
-        k: http_request(gateway.port, HIT_KINDS[k].path, HIT_KINDS[k].body, HIT_KINDS[k].accept)
-        for k in keys
+        k: http_request(gateway.port, kinds[k].path, kinds[k].body, kinds[k].accept) for k in keys
     }
     per_round: dict[str, list[dict[str, float]]] = {k: [] for k in keys}
     sizes: dict[str, int] = {}
@@ -491,7 +503,7 @@ def measure_hit_latency(args: argparse.Namespace, gateway: Server) -> dict[str, 
         for _ in range(count):
             ex = clients[key].exchange(requests[key])
             out.append(ex.end_s)
-            HIT_KINDS[key].check(ex)
+            kinds[key].check(ex)
             sizes[key] = len(ex.body)
         return out
 
@@ -509,7 +521,7 @@ def measure_hit_latency(args: argparse.Namespace, gateway: Server) -> dict[str, 
             client.close()
     return {
         key: {
-            "label": HIT_KINDS[key].label,
+            "label": kinds[key].label,
             "body_bytes": sizes[key],
             "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
             "p99_ms": statistics.median(r["p99_ms"] for r in rounds),
@@ -608,16 +620,19 @@ def load_run(
 
 
 def measure_hit_throughput(
-    args: argparse.Namespace, gateway: Server, workdir: Path
+    args: argparse.Namespace,
+    gateway: Server,
+    workdir: Path,
+    kinds: dict[str, HitKind] = HIT_KINDS,
 ) -> dict[str, Any]:
-    keys = list(HIT_KINDS)
+    keys = list(kinds)
     per_round: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
     for key in keys:
-        load_run(args, gateway, HIT_KINDS[key], args.warm_seconds, workdir)
+        load_run(args, gateway, kinds[key], args.warm_seconds, workdir)
     for round_index in range(args.tp_rounds):
         shift = round_index % len(keys)
         for key in keys[shift:] + keys[:shift]:
-            run = load_run(args, gateway, HIT_KINDS[key], args.seconds, workdir)
+            run = load_run(args, gateway, kinds[key], args.seconds, workdir)
             per_round[key].append(run)
             print(
                 f"  hit throughput round {round_index + 1}/{args.tp_rounds} {key:17}"
@@ -629,7 +644,7 @@ def measure_hit_throughput(
         "seconds": args.seconds,
     }
     for key, runs in per_round.items():
-        entry: dict[str, Any] = {"label": HIT_KINDS[key].label, "rounds": runs}
+        entry: dict[str, Any] = {"label": kinds[key].label, "rounds": runs}
         for name in ("req_per_s", "p50_ms", "p99_ms", "server_busy"):
             values = [r[name] for r in runs if name in r]
             if values:
@@ -641,14 +656,21 @@ def measure_hit_throughput(
 # --------------------------------------------------------------------------- profile
 
 
-def profile_gateway(args: argparse.Namespace, gateway: Server, workdir: Path) -> dict[str, Any]:
-    """py-spy on the gateway under wrk, per hit kind (on-CPU samples only)."""
+def profile_gateway(
+    args: argparse.Namespace,
+    gateway: Server,
+    workdir: Path,
+    kinds: dict[str, HitKind] = HIT_KINDS,
+    name: str = "native",
+) -> dict[str, Any]:
+    """py-spy on the gateway under wrk, per hit kind (on-CPU samples only); raw stacks in
+    bench/results/{name}_profile_{kind}.txt."""
     py_spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
     if not Path(py_spy).exists() or not args.use_wrk:
         return {"skipped": "needs py-spy (.venv/bin/pip install py-spy) and wrk"}
     out: dict[str, Any] = {}
-    for key, kind in HIT_KINDS.items():
-        raw_path = RESULTS_DIR / f"native_profile_{key}.txt"
+    for key, kind in kinds.items():
+        raw_path = RESULTS_DIR / f"{name}_profile_{key}.txt"
         raw_path.parent.mkdir(parents=True, exist_ok=True)
         recorder = subprocess.Popen(
             [
@@ -669,14 +691,14 @@ def profile_gateway(args: argparse.Namespace, gateway: Server, workdir: Path) ->
     return out
 
 
-def print_profile(profile: dict[str, Any], top: int) -> None:
+def print_profile(profile: dict[str, Any], top: int, kinds: dict[str, HitKind] = HIT_KINDS) -> None:
     for key, prof in profile.items():
         print()
         if "skipped" in prof:
             print(f"Profile {key}: skipped ({prof['skipped']})")
             continue
         print(
-            f"Profile, {HIT_KINDS[key].label} under wrk: {prof['samples']} on-CPU samples at"
+            f"Profile, {kinds[key].label} under wrk: {prof['samples']} on-CPU samples at"
             f" {prof['req_per_s_while_sampled']:,.0f} req/s"
         )
         print(f"  {'inclusive, project code (server/)':70} share")
