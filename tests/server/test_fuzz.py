@@ -7,12 +7,10 @@ drives them with a plain blocking HTTP client over real sockets.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
-import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -23,7 +21,7 @@ from hypothesis import strategies as st
 from server import simulator
 from server.gateway import Gateway
 from server.lifecycle import ServerHost
-from tests.conftest import make_config
+from tests.conftest import Threaded, make_config
 
 ENDPOINTS = ["/api/chat-optimized", "/api/chat-batch", "/api/chat-queue", "/api/cache-stats"]
 # Ollama's own API: errors in Ollama's shape, and Ollama's own statuses passed on.
@@ -36,23 +34,6 @@ SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-
-
-class Threaded:
-    """The simulator and a gateway on a loop of their own, for a blocking test to call."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,10 @@ drives them with its blocking HTTP client over real sockets.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
-import threading
 import urllib.request
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,7 +30,7 @@ from server.app import create_app
 from server.auth import new_key
 from server.gateway import Gateway
 from server.lifecycle import ServerHost
-from tests.conftest import ROOT, make_config
+from tests.conftest import ROOT, Threaded, make_config
 
 DOCUMENT_PATH = ROOT / "server" / "openapi.json"
 DOCUMENT = json.loads(DOCUMENT_PATH.read_text(encoding="utf-8"))
@@ -113,23 +111,6 @@ def test_every_route_of_the_gateways_own_api_is_documented_and_nothing_else():
 
 
 # -- a running gateway against the document ------------------------------------------------
-
-
-class Threaded:
-    """The simulator and a gateway on a loop of their own, for a blocking test to call."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, Any], timeout: float = 30) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @contextlib.contextmanager
