@@ -268,3 +268,22 @@ async def test_a_lone_surrogate_in_embedding_input_is_a_400_naming_it(server, si
     ) as r:
         assert r.status == 400
         assert (await r.json())["error"]["param"] == "input"
+
+
+async def test_a_failure_mid_stream_is_an_error_event_the_sdk_raises(start_server):
+    from server import simulator
+
+    runner, port = await simulator.start(
+        simulator.SimulatorSettings(tokens=200, token_delay_ms=30, first_token_delay_ms=0)
+    )
+    server = await start_server(ollama__api_url=f"http://127.0.0.1:{port}")
+    stream = await sdk(server).chat.completions.create(
+        model="llama3.2", messages=user("fail me midway"), stream=True
+    )
+    got = []
+    with pytest.raises(openai.APIError) as info:
+        async for chunk in stream:
+            got.append(chunk)
+            if len(got) == 2:
+                await runner.cleanup()  # Ollama goes away mid-answer
+    assert got and "Ollama" in str(info.value)
