@@ -19,7 +19,7 @@ _MESSAGE_EXTRAS = ("images", "tool_calls", "tool_name", "thinking")
 _MAX_REQUEST_ID = 128
 
 
-def _new_request_id() -> str:
+def new_request_id() -> str:
     """96 random bits: an id nobody can guess, so nobody can DELETE another client's request
     (a counter was guessable). urandom + base64 costs about what the counter did; uuid4 showed
     in profiles of the cache-hit path."""
@@ -70,7 +70,8 @@ class ChatRequest:
         return payload
 
 
-def _bad(field_name: str, message: str) -> BadRequest:
+def bad_field(field_name: str, message: str) -> BadRequest:
+    """A 400 naming the field, with `invalid_<top-level field>` as its code."""
     top = field_name.split("[")[0].split(".")[0]
     # A machine code stays a plain name even when the field is a client's odd key.
     return BadRequest(
@@ -90,7 +91,7 @@ def _bool(body: Mapping[str, Any], name: str) -> bool | None:
     if value is None:
         return None
     if not isinstance(value, bool):
-        raise _bad(name, f"must be true or false, got {type(value).__name__}")
+        raise bad_field(name, f"must be true or false, got {type(value).__name__}")
     return value
 
 
@@ -120,7 +121,7 @@ def parse_chat_request(
     if where is not None:
         # What JSON.stringify gives for an emoji cut in half: Ollama, the cache key and the
         # answer all need UTF-8, which cannot hold it.
-        raise _bad(
+        raise bad_field(
             where,
             "contains a lone UTF-16 surrogate (half of an emoji or other character cut in two); "
             "send valid Unicode text",
@@ -132,13 +133,13 @@ def parse_chat_request(
     if model is None:
         model = config.ollama.model
     elif not isinstance(model, str) or not model.strip():
-        raise _bad("model", "must be a non-empty string")
+        raise bad_field("model", "must be a non-empty string")
 
     system_prompt = _pick(body, "system_prompt", "systemPrompt")
     if system_prompt is None:
         system_prompt = config.ollama.system_prompt
     elif not isinstance(system_prompt, str):
-        raise _bad("system_prompt", "must be a string")
+        raise bad_field("system_prompt", "must be a string")
     if system_prompt and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": system_prompt}, *messages]
 
@@ -147,21 +148,21 @@ def parse_chat_request(
         stream = wants_stream(accept)
     use_cache = _pick(body, "use_cache", "useCache")
     if use_cache is not None and not isinstance(use_cache, bool):
-        raise _bad("use_cache", "must be true or false")
+        raise bad_field("use_cache", "must be true or false")
 
     options = body.get("options")
     if options is not None and not isinstance(options, dict):
-        raise _bad("options", 'must be an object such as {"temperature": 0.7}')
+        raise bad_field("options", 'must be an object such as {"temperature": 0.7}')
 
     fmt = body.get("format")
     if fmt is not None and not (fmt == "json" or isinstance(fmt, dict)):
-        raise _bad("format", 'must be "json" or a JSON schema object')
+        raise bad_field("format", 'must be "json" or a JSON schema object')
 
     rid = _pick(body, "request_id", "requestId")
     if rid is None:
-        rid = request_id or _new_request_id()
+        rid = request_id or new_request_id()
     elif not isinstance(rid, str) or not rid or len(rid) > _MAX_REQUEST_ID:
-        raise _bad(
+        raise bad_field(
             "request_id", f"must be a non-empty string of at most {_MAX_REQUEST_ID} characters"
         )
 
@@ -184,22 +185,26 @@ def parse_chat_request(
 
 def _messages(value: Any) -> list[dict[str, Any]]:
     if value is None:
-        raise _bad("messages", "is required (a list of {role, content})")
+        raise bad_field("messages", "is required (a list of {role, content})")
     if not isinstance(value, list):
-        raise _bad("messages", f"must be a list of {{role, content}}, got {type(value).__name__}")
+        raise bad_field(
+            "messages", f"must be a list of {{role, content}}, got {type(value).__name__}"
+        )
     if not value:
-        raise _bad("messages", "must not be empty")
+        raise bad_field("messages", "must not be empty")
     out = []
     for i, msg in enumerate(value):
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
-            raise _bad(where, "must be an object with role and content")
+            raise bad_field(where, "must be an object with role and content")
         role = msg.get("role")
         if role not in ROLES:
-            raise _bad(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {quote(role)}")
+            raise bad_field(
+                f"{where}.role", f"must be one of {', '.join(ROLES)}, got {quote(role)}"
+            )
         content = msg.get("content")
         if not isinstance(content, str):
-            raise _bad(f"{where}.content", f"must be a string, got {type(content).__name__}")
+            raise bad_field(f"{where}.content", f"must be a string, got {type(content).__name__}")
         clean = {"role": role, "content": content}
         for extra in _MESSAGE_EXTRAS:
             if msg.get(extra):

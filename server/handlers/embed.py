@@ -18,7 +18,7 @@ from server.errors import BadRequest, UpstreamError
 from server.gateway import Gateway
 from server.handlers.body import read_json
 from server.handlers.caller import caller
-from server.handlers.native import native_errors, request_id
+from server.handlers.native import native_errors, relay_json, request_id
 from server.json_checks import lone_surrogate_path
 from server.keys import CHAT_INFO, GATEWAY
 from server.services.cache import cache_key
@@ -69,7 +69,7 @@ async def embed(request: web.Request) -> web.Response:
     body = await read_json(request)
     model, value = _check(body, "input")
     if value is None or value == "" or value == []:
-        return await _relay(gateway, "/api/embed", body)
+        return await relay_json(gateway, "/api/embed", body)
     inputs = [value] if isinstance(value, str) else list(value)
     rid = request_id(request)
     info: dict[str, Any] = {"request_id": rid, "model": model}
@@ -127,7 +127,7 @@ async def embeddings(request: web.Request) -> web.Response:
     body = await read_json(request)
     model, prompt = _check(body, "prompt")
     if not prompt:
-        return await _relay(gateway, "/api/embeddings", body)
+        return await relay_json(gateway, "/api/embeddings", body)
     assert isinstance(prompt, str)
     user = caller(request).name
     key = _key(
@@ -186,17 +186,6 @@ async def _upstream(
     finally:
         # No generation time: a quick embedding would make the queue's ETAs too hopeful.
         gateway.queue.release(entry, outcome)
-
-
-async def _relay(gateway: Gateway, path: str, body: dict[str, Any]) -> web.Response:
-    status, content_type, data = await gateway.ollama.send("POST", path, json_body=body)
-    return web.Response(
-        status=status,
-        body=data,
-        content_type=content_type.split(";")[0] or "application/json",
-        charset="utf-8",
-        headers={"X-Cache": "MISS"},
-    )
 
 
 def record(

@@ -8,12 +8,10 @@ A load or unload request (no messages or prompt) is relayed as it is: never cach
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -21,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from server.chat_request import ChatRequest
+from server.chat_request import ChatRequest, bad_field, new_request_id
 from server.errors import BadRequest, GatewayError
 from server.gateway import Gateway
 from server.handlers.body import read_json
@@ -87,7 +85,7 @@ def created_at() -> str:
 def request_id(request: web.Request) -> str:
     given = request.headers.get("X-Request-Id")
     if given is None:
-        return "r-" + base64.urlsafe_b64encode(os.urandom(12)).decode()
+        return new_request_id()
     if not given or len(given) > _MAX_REQUEST_ID or not given.isprintable():
         raise BadRequest(
             f"X-Request-Id: must be 1..{_MAX_REQUEST_ID} printable characters",
@@ -97,14 +95,6 @@ def request_id(request: web.Request) -> str:
 
 
 # -- parsing ----------------------------------------------------------------------------------
-
-
-def _bad(field: str, message: str) -> BadRequest:
-    top = field.split("[")[0].split(".")[0]
-    # A machine code stays a plain name even when the field is a client's odd key.
-    return BadRequest(
-        f"{field}: {message}", code=f"invalid_{top if top.isidentifier() else 'body'}"
-    )
 
 
 def _check_types(body: dict[str, Any], kind: str) -> None:
@@ -128,25 +118,25 @@ def _check_types(body: dict[str, Any], kind: str) -> None:
         wrong_bool = isinstance(value, bool) and bool not in types
         if value is not None and (not isinstance(value, types) or wrong_bool):
             wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
-            raise _bad(name, f"must be {wanted}, got {type(value).__name__}")
+            raise bad_field(name, f"must be {wanted}, got {type(value).__name__}")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
-        raise _bad("stream", "must be true or false")
+        raise bad_field("stream", "must be true or false")
     think = body.get("think")
     if think is not None and not (isinstance(think, bool) or think in _THINK_LEVELS):
-        raise _bad("think", f"must be true, false or one of {', '.join(_THINK_LEVELS)}")
+        raise bad_field("think", f"must be true, false or one of {', '.join(_THINK_LEVELS)}")
     if kind == "chat":
         messages = body.get("messages")
         if messages is not None and not isinstance(messages, list):
-            raise _bad("messages", "must be a list of {role, content}")
+            raise bad_field("messages", "must be a list of {role, content}")
         for i, message in enumerate(messages or []):
             if not isinstance(message, dict):
-                raise _bad(f"messages[{i}]", "must be an object with role and content")
+                raise bad_field(f"messages[{i}]", "must be an object with role and content")
             if not isinstance(message.get("role"), str):
-                raise _bad(f"messages[{i}].role", "must be a string")
+                raise bad_field(f"messages[{i}].role", "must be a string")
             content = message.get("content")
             if content is not None and not isinstance(content, str):
-                raise _bad(f"messages[{i}].content", "must be a string")
+                raise bad_field(f"messages[{i}].content", "must be a string")
 
 
 def _key_message(message: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +155,7 @@ def parse_native(body: Any, kind: str, rid: str) -> ChatRequest | None:
         raise BadRequest("request body must be a JSON object", code="invalid_body")
     where = lone_surrogate_path(body)
     if where is not None:
-        raise _bad(where, "contains a lone UTF-16 surrogate; send valid Unicode text")
+        raise bad_field(where, "contains a lone UTF-16 surrogate; send valid Unicode text")
     _check_types(body, kind)
     model = body.get("model")
     if not model or not model.strip():
@@ -312,7 +302,8 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     rid = request_id(request)
     parsed = parse_native(body, kind, rid)
     if parsed is None:
-        return await _relay_load(gateway, kind, body)
+        # Load or unload: relayed, never cached or shared.
+        return await relay_json(gateway, f"/api/{kind}", {**body, "stream": False})
     req = as_caller(parsed, request)
     info: dict[str, Any] = {"request_id": rid, "model": req.model}
     request[CHAT_INFO] = info
@@ -327,11 +318,10 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     return await _stream(request, gateway, req, info, started_ns)
 
 
-async def _relay_load(gateway: Gateway, kind: str, body: dict[str, Any]) -> web.Response:
-    """Load or unload: Ollama answers one JSON object; relayed, never cached or shared."""
-    status, content_type, data = await gateway.ollama.send(
-        "POST", f"/api/{kind}", json_body={**body, "stream": False}
-    )
+async def relay_json(gateway: Gateway, path: str, body: dict[str, Any]) -> web.Response:
+    """A request Ollama answers with one JSON object (load, unload, an empty embedding),
+    relayed as it answered: never cached or shared."""
+    status, content_type, data = await gateway.ollama.send("POST", path, json_body=body)
     return web.Response(
         status=status,
         body=data,
