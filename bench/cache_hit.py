@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import re
 import resource
 import shutil
@@ -48,17 +47,15 @@ from typing import Any
 
 import aiohttp
 from common import (
-    CLIENT_CPU,
     RESULTS_DIR,
     ROOT,
-    SERVER_CPU,
     Server,
-    can_pin,
     free_port,
     http_json,
     http_json_response,
     machine_info,
     percentile,
+    pin_this_script,
     simulator_command,
     spawn,
     spawn_gateway,
@@ -946,16 +943,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    pin = not args.no_pin and can_pin()
-    server_cpu = SERVER_CPU if pin else None
-    if pin:
-        os.sched_setaffinity(0, {CLIENT_CPU})  # this script, and wrk as its child
-    pinning = (
-        f"servers (simulator, gateways, floor) on CPU {SERVER_CPU}; this script and wrk on CPU"
-        f" {CLIENT_CPU}"
-        if pin
-        else "not pinned"
-    )
+    server_cpu, pinning = pin_this_script(args.no_pin, "servers (simulator, gateways, floor)")
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     code = code_version()

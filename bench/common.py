@@ -42,6 +42,15 @@ def can_pin() -> bool:
     return hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
 
 
+def pin_this_script(no_pin: bool, servers: str) -> tuple[int | None, str]:
+    """Pin this script (and wrk, its child) to CLIENT_CPU unless told not to or unable: the
+    CPU for the servers (None when not pinned) and a line saying how things are pinned."""
+    if no_pin or not can_pin():
+        return None, "not pinned"
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    return SERVER_CPU, f"{servers} on CPU {SERVER_CPU}; this script and wrk on CPU {CLIENT_CPU}"
+
+
 def process_rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 

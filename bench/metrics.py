@@ -34,17 +34,15 @@ from typing import Any
 
 from cache_hit import code_version, run_wrk
 from common import (
-    CLIENT_CPU,
     RESULTS_DIR,
     ROOT,
-    SERVER_CPU,
     Server,
-    can_pin,
     free_port,
     http_json,
     http_json_response,
     machine_info,
     percentile,
+    pin_this_script,
     simulator_command,
     spawn,
     stop,
@@ -232,10 +230,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    pin = not args.no_pin and can_pin()
-    server_cpu = SERVER_CPU if pin else None
-    if pin:
-        os.sched_setaffinity(0, {CLIENT_CPU})  # this script, and wrk as its child
+    server_cpu, _ = pin_this_script(args.no_pin, "simulator and gateways")
+    pin = server_cpu is not None
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     code = code_version()

@@ -47,15 +47,13 @@ from typing import Any
 
 from cache_hit import code_version
 from common import (
-    CLIENT_CPU,
     RESULTS_DIR,
-    SERVER_CPU,
     Server,
-    can_pin,
     free_port,
     http_json,
     machine_info,
     percentile,
+    pin_this_script,
     simulator_command,
     spawn,
     stop,
@@ -515,15 +513,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    pin = not args.no_pin and can_pin()
-    server_cpu = SERVER_CPU if pin else None
-    if pin:
-        os.sched_setaffinity(0, {CLIENT_CPU})  # this script, and wrk as its child
-    pinning = (
-        f"simulator, relay and gateway on CPU {SERVER_CPU}; this script and wrk on CPU {CLIENT_CPU}"
-        if pin
-        else "not pinned"
-    )
+    server_cpu, pinning = pin_this_script(args.no_pin, "simulator, relay and gateway")
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     code = code_version()
