@@ -15,7 +15,13 @@ import signal
 from aiohttp import web
 
 from server.simulator.handlers import create_app
-from server.simulator.settings import SIM_STATS, SimulatorSettings, SimulatorStats
+from server.simulator.settings import (
+    FAULT_MODES,
+    SIM_STATS,
+    SimulatorSettings,
+    SimulatorStats,
+    check_fault,
+)
 
 __all__ = [
     "SIM_STATS",
@@ -74,17 +80,36 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--models",
         default=",".join(defaults.models),
-        help="comma-separated model names to offer (%(default)s)",
+        help="comma-separated model names to offer (%(default)s); several simulators on "
+        "different ports with different lists play several Ollama hosts",
+    )
+    parser.add_argument(
+        "--fault",
+        choices=FAULT_MODES,
+        default=defaults.fault,
+        help="start failing: error answers every Ollama call with --fault-status, hang never "
+        "answers (change it live with POST /simulator/fault) (%(default)s)",
+    )
+    parser.add_argument(
+        "--fault-status",
+        type=int,
+        default=defaults.fault_status,
+        help="HTTP status of --fault error, 500..599 (%(default)s)",
     )
 
 
 def _settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
     models = tuple(name.strip() for name in args.models.split(",") if name.strip())
+    problem = check_fault(args.fault, args.fault_status)
+    if problem is not None:
+        raise SystemExit(f"error: {problem}")
     return SimulatorSettings(
         tokens=args.tokens,
         token_delay_ms=args.token_delay_ms,
         first_token_delay_ms=args.first_token_delay_ms,
         models=models or SimulatorSettings().models,
+        fault=args.fault,
+        fault_status=args.fault_status,
     )
 
 
@@ -98,7 +123,14 @@ async def _serve_until_signalled(settings: SimulatorSettings, host: str, port: i
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
     shown_host = f"[{host}]" if ":" in host else host
-    logger.info("Ollama simulator listening on http://%s:%d", shown_host, bound)
+    # The models (and any fault) are logged so several simulators side by side can be told apart.
+    logger.info(
+        "Ollama simulator listening on http://%s:%d with %s%s",
+        shown_host,
+        bound,
+        ", ".join(settings.models),
+        "" if settings.fault == "none" else f" (fault: {settings.fault})",
+    )
     try:
         await stop.wait()
     finally:
@@ -110,6 +142,14 @@ async def _serve_until_signalled(settings: SimulatorSettings, host: str, port: i
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; blocking."""
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_until_signalled(_settings_from_args(args), args.host, args.port))
+    settings = _settings_from_args(args)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve_until_signalled(settings, args.host, args.port))
+    except OSError as exc:
+        # Most often the port is taken, e.g. by a real Ollama or another simulator.
+        logger.error(
+            "cannot listen on %s:%d: %s (pick another with --port)", args.host, args.port, exc
+        )
+        return 1
     return 0

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from server.simulator.catalog import ModelEntry
 from server.simulator.embeddings import _handle_embed, _handle_embeddings
+from server.simulator.faults import FAULT, Fault, handle_fault, inject_faults
 from server.simulator.generation import (
     _NDJSON_TYPE,
     _chunk_line_parts,
@@ -265,10 +266,12 @@ def create_app(settings: SimulatorSettings) -> web.Application:
     # Image payloads arrive base64-encoded in the JSON body, far beyond aiohttp's 1 MiB default.
     # (Blob uploads are streamed to disk and never read whole, so the limit does not apply.)
     app = web.Application(
-        middlewares=[_count_requests, _gin_style_errors], client_max_size=256 * 1024 * 1024
+        middlewares=[_count_requests, _gin_style_errors, inject_faults],
+        client_max_size=256 * 1024 * 1024,
     )
     stats = SimulatorStats()
     app[SIM_STATS] = stats
+    app[FAULT] = Fault(settings.fault, settings.fault_status)
     app[_STATE] = _SimState(settings=settings, stats=stats)
     app.cleanup_ctx.append(_models_dir)
     router = app.router
@@ -290,4 +293,6 @@ def create_app(settings: SimulatorSettings) -> web.Application:
     router.add_post("/api/blobs/{digest}", _handle_create_blob)
     router.add_get("/simulator/stats", _handle_stats, allow_head=False)
     router.add_post("/simulator/reset", _handle_reset)
+    router.add_get("/simulator/fault", handle_fault, allow_head=False)
+    router.add_post("/simulator/fault", handle_fault)
     return app

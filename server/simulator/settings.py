@@ -8,6 +8,17 @@ from typing import Any
 
 from aiohttp import web
 
+FAULT_MODES = ("none", "error", "hang")
+
+
+def check_fault(mode: str, status: int) -> str | None:
+    """What is wrong with a fault setting, or None; shared by the CLI, settings and endpoint."""
+    if mode not in FAULT_MODES:
+        return f"fault mode must be one of {', '.join(FAULT_MODES)}, not {mode!r}"
+    if isinstance(status, bool) or not isinstance(status, int) or not 500 <= status <= 599:
+        return f"fault status must be a whole number 500..599, not {status!r}"
+    return None
+
 
 @dataclass
 class SimulatorSettings:
@@ -18,6 +29,15 @@ class SimulatorSettings:
     version: str = "0.33.0"
     # Names /api/pull can fetch; None means any valid name (the registry has everything).
     registry: tuple[str, ...] | None = None
+    # Fault at start (faults.py; live changes go through POST /simulator/fault): "none",
+    # "error" (every Ollama call answered with fault_status) or "hang" (never answered).
+    fault: str = "none"
+    fault_status: int = 500
+
+    def __post_init__(self) -> None:
+        problem = check_fault(self.fault, self.fault_status)
+        if problem is not None:
+            raise ValueError(problem)
 
 
 @dataclass
