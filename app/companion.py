@@ -20,6 +20,7 @@ from app.config_manager import ConfigManager, desktop_env
 from app.controller import Controller
 from app.dashboard import DashboardWindow
 from app.icons import app_icon
+from app.qt_env import gdk_without_gl
 from app.single_instance import SingleInstance
 from app.tray import Tray
 from server.cli import cli_overrides
@@ -148,7 +149,11 @@ def config_manager_for(args: argparse.Namespace) -> ConfigManager:
 
 def run(args: argparse.Namespace, argv0: str = APP_ID) -> int:
     existing = QApplication.instance()
-    app = existing if isinstance(existing, QApplication) else QApplication([argv0])
+    if isinstance(existing, QApplication):
+        app = existing
+    else:
+        with gdk_without_gl():
+            app = QApplication([argv0])
     app.setApplicationName(APP_ID)
     app.setApplicationDisplayName("Chatbot Companion")
     # Lets Wayland docks match the window to the installed desktop entry (and its icon).
