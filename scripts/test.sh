@@ -24,6 +24,16 @@ if ! QT_QPA_PLATFORM=offscreen .venv/bin/python -c \
     "from PySide6.QtWidgets import QApplication; QApplication([])" >/dev/null 2>&1; then
   apt_install libglib2.0-0 libgl1 libegl1 libxkbcommon0 libfontconfig1 libdbus-1-3
 fi
+# The memory test runs the app on a real X server under Qt's GTK theme, with trayer as the tray
+# host (tests/app/test_memory.py); Mesa's driver is what that theme used to load for nothing.
+for tool in Xvfb trayer xwininfo import; do
+  command -v "$tool" >/dev/null || { need_x=1; break; }
+done
+if [ -n "${need_x:-}" ] || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1; then
+  apt_install xvfb trayer x11-utils imagemagick libgtk-3-0 libgl1-mesa-dri libxcb-cursor0 \
+    libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-randr0 \
+    libxcb-render-util0 libxcb-shape0
+fi
 # Every check runs even when an earlier one failed, so one run shows all that is wrong;
 # the script fails if any did.
 failed=()
