@@ -87,6 +87,7 @@ class Companion:
         page = self.dashboard.settings
         manager.form_values.connect(page.load)
         manager.flagged.connect(page.set_flagged)
+        manager.sources.connect(page.set_sources)
         manager.raw_toml.connect(page.set_raw_toml)
         manager.status.connect(page.set_status)
         manager.file_problems.connect(page.set_file_problems)

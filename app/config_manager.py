@@ -32,7 +32,9 @@ from server.config import (
     Loaded,
     env_overridden,
     load_lenient,
+    parse_env_value,
     registry,
+    validate_value,
 )
 from server.errors import GatewayError
 from server.logs import setup_logging
@@ -60,6 +62,23 @@ def values_of(config: Config) -> Values:
 def changed_keys(old: Config, new: Config) -> list[str]:
     a, b = values_of(old), values_of(new)
     return [f"[{s}].{n}" for (s, n) in a if a[(s, n)] != b[(s, n)]]
+
+
+def outside_sources(env: dict[str, str], overrides: Values) -> dict[tuple[str, str], str]:
+    """The keys whose running value the file does not set, each with what sets it: the command
+    line, or an environment variable whose value is valid (an invalid one is reported as a
+    problem and does not run, so it sets nothing)."""
+    keys = {(k.section, k.name): k for k in registry()}
+    found: dict[tuple[str, str], str] = {}
+    for target, var in env_overridden(env).items():
+        try:
+            validate_value(keys[target], parse_env_value(keys[target], env[var]))
+        except ConfigError:
+            continue
+        found[target] = f"the environment variable {var}"
+    for target in overrides:
+        found[target] = "the command line"
+    return found
 
 
 def problems_title(loaded: Loaded, *, live: bool) -> str:
@@ -90,6 +109,8 @@ class ConfigManager(QObject):
     confirm_replace = Signal(str)
     # object, not dict: Qt would turn a dict into a map with string keys only.
     form_values = Signal(object)  # {(section, name): value}, what the Settings form shows
+    # {(section, name): what sets it}: keys the environment or the command line set, not the file.
+    sources = Signal(object)
     raw_toml = Signal(str, str)  # effective TOML, path
     connection_result = Signal(bool, str)
     models = Signal(list)
@@ -260,6 +281,7 @@ class ConfigManager(QObject):
 
     def _publish(self, config: Config) -> None:
         self.form_values.emit(values_of(config))
+        self.sources.emit(outside_sources(desktop_env(), self.overrides))
         self.raw_toml.emit(config.to_toml(), str(self.path))
 
     # -- outside edits ----------------------------------------------------------------------

@@ -79,6 +79,13 @@ class FieldRow:
         self.note.setWordWrap(True)
         self.note.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.note.hide()
+        # Where the value comes from when the file is not what sets it (the environment or the
+        # command line): said from the start, not only once a Save could not change it.
+        self.source = QLabel()
+        self.source.setTextFormat(Qt.TextFormat.PlainText)
+        self.source.setWordWrap(True)
+        self.source.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.source.hide()
 
         # Every row's first line is as tall as a line edit, so labels line up with editors of
         # any height and the label column reads evenly.
@@ -106,6 +113,7 @@ class FieldRow:
         column.setSpacing(1)
         column.addWidget(line)
         column.addWidget(self.note)
+        column.addWidget(self.source)
         if not self.compact:
             self.help.setContentsMargins(OUTLINE, 0, 0, 0)
             column.addWidget(self.help)
@@ -134,6 +142,19 @@ class FieldRow:
         self.editor.setProperty("invalid", bool(error))
         self.refresh_colors()
 
+    def set_source(self, text: str) -> None:
+        """Say under the editor, and in its tooltips, what sets the value instead of the file;
+        "" when the file does."""
+        self.source.setText(text)
+        self.source.setVisible(bool(text))
+        tip = f"{self.key.help}\n\n{text}" if text else self.key.help
+        self.editor.setToolTip(tip)
+        self.label.setToolTip(tip)
+        self.refresh_colors()
+
+    def source_text(self) -> str:
+        return self.source.text()
+
     def set_changed(self, changed: bool) -> None:
         """Embolden the label of a key whose value differs from the loaded one."""
         font = QFont(self.label.font())
@@ -150,3 +171,4 @@ class FieldRow:
     def refresh_colors(self, background: QPalette | None = None) -> None:
         """Re-tone the message, for `background` when the palette is changing."""
         tones.color_text(self.note, "error" if self._error else "warning", background)
+        tones.color_text(self.source, "info", background)

@@ -210,6 +210,19 @@ class SettingsPage(QWidget):
     def flagged(self) -> dict[KeyId, str]:
         return dict(self._flagged)
 
+    def set_sources(self, sources: dict[KeyId, str]) -> None:
+        """Mark the keys set outside the file, each with what sets it ("the environment variable
+        PORT", "the command line"): that value runs whatever the file says. Shown from the
+        start, so nobody edits one and wonders after the Save why it did not take."""
+        for k, row in self._rows.items():
+            source = sources.get(k)
+            row.set_source(
+                f"Set by {source}, which wins over the config file: an edit here is saved to "
+                "the file, but this value keeps running."
+                if source
+                else ""
+            )
+
     def values(self) -> dict[KeyId, Any]:
         """What the form holds now: typed where it parses, the text as typed where not."""
         return {k: row.editor.raw() for k, row in self._rows.items()}
@@ -290,6 +303,9 @@ class SettingsPage(QWidget):
 
     def field_warning(self, section: str, name: str) -> str:
         return self._rows[(section, name)].warning()
+
+    def field_source(self, section: str, name: str) -> str:
+        return self._rows[(section, name)].source_text()
 
     # -- internals --------------------------------------------------------------------------
 

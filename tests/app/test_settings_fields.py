@@ -1,6 +1,6 @@
 """The Settings page's fields say what they hold: a number field keeps what was typed (empty, or
 out of range) with the server's message and Save disabled, instead of quietly showing another
-value."""
+value; and a value set by the environment is marked from the start."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from pytestqt.qtbot import QtBot
 
 from app.dashboard import DashboardWindow
 from app.settings import SettingsPage
-from server.config import Key, registry, validate_value
+from server.config import Key, default_toml, registry, validate_value
 
 pytestmark = [
     pytest.mark.qt_log_level_fail("WARNING"),
@@ -204,3 +204,31 @@ def test_letters_are_still_refused_as_typed(qtbot: QtBot, page: SettingsPage) ->
 def _fmt_bound(bound: float | None) -> str:
     assert bound is not None
     return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+
+# -- 3. values set outside the file are marked from the start ---------------------------------
+
+
+def test_a_value_from_the_environment_is_marked_before_any_save(start_app, qtbot, monkeypatch):
+    monkeypatch.setenv("CHATBOT_QUEUE_MAX_CONCURRENT", "3")
+    monkeypatch.setenv("NEXT_PUBLIC_OLLAMA_MODEL", "qwen2.5:7b")
+    monkeypatch.setenv("CHATBOT_CACHE_TTL_SECONDS", "-5")  # invalid: reported, does not run
+    app = start_app(file_text=default_toml())
+    page = app.companion.dashboard.settings
+    assert page.values()[("queue", "max_concurrent")] == 3  # what runs
+    shown = shown_texts(page)
+    for section, name, var in [
+        ("queue", "max_concurrent", "CHATBOT_QUEUE_MAX_CONCURRENT"),
+        ("ollama", "model", "NEXT_PUBLIC_OLLAMA_MODEL"),
+    ]:
+        marker = (
+            f"Set by the environment variable {var}, which wins over the config file: an edit "
+            "here is saved to the file, but this value keeps running."
+        )
+        assert marker in shown, (section, name)
+        assert var in page.field(section, name).toolTip()
+    # The fixture pins the Ollama URL as the command line would.
+    assert any(t.startswith("Set by the command line") for t in shown)
+    assert "Set by" not in page.field("cache", "ttl_seconds").toolTip()
+    assert "Set by" not in page.field("cache", "max_size_mb").toolTip()
+    assert page.status_text() == ""  # nothing was saved
