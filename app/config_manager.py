@@ -301,11 +301,10 @@ class ConfigManager(QObject):
                 log.warning("config file %s changed but has errors: %s", self.path, problem)
             self.file_problems.emit(loaded.problems, problems_title(loaded, live=True))
             self.flagged.emit(dict(loaded.bad_keys))
-            self.status.emit(
-                f"The config file changed but has errors; still running the configuration it "
-                f"had before. First: {loaded.problems[0]}",
-                "error",
-            )
+            # The problems box says it all (title and every error): the status line repeating
+            # its first error made two red banners with one text. Whatever the line said (the
+            # last "Saved") is older news than this edit.
+            self.status.emit("", "info")
             if self.controller is not None:
                 self.controller.notify.emit("Config file has errors", loaded.problems[0])
             return

@@ -322,6 +322,10 @@ class SettingsPage(QWidget):
     def _on_edited(self, row: FieldRow) -> None:
         if self._filling:
             return
+        if self.status.text() and self.status.kind() in ("ok", "info"):
+            # "Saved…" is news about the form as it was: once it is edited again, it would read
+            # as if the edit were saved too. Errors stay (why the file was not written).
+            self.set_status("", "info")
         self._validate(row)
         self._update_state()
 

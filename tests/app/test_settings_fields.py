@@ -1,6 +1,7 @@
 """The Settings page's fields say what they hold: a number field keeps what was typed (empty, or
 out of range) with the server's message and Save disabled, instead of quietly showing another
-value; and a value set by the environment is marked from the start."""
+value; a value set by the environment is marked from the start; and the notices above the form
+do not outlive their news or say one thing twice."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDoubleSpinBox, QLabel, QSpinBox
 from pytestqt.qtbot import QtBot
 
+from app.config_manager import values_of
 from app.dashboard import DashboardWindow
 from app.settings import SettingsPage
+from app.settings.notice import Notice
 from server.config import Key, default_toml, registry, validate_value
 
 pytestmark = [
@@ -232,3 +235,62 @@ def test_a_value_from_the_environment_is_marked_before_any_save(start_app, qtbot
     assert "Set by" not in page.field("cache", "ttl_seconds").toolTip()
     assert "Set by" not in page.field("cache", "max_size_mb").toolTip()
     assert page.status_text() == ""  # nothing was saved
+
+
+# -- 4. notices that outlive their news -------------------------------------------------------
+
+
+def visible_error_notices(page: SettingsPage) -> list[Notice]:
+    return [n for n in page.findChildren(Notice) if n.isVisibleTo(page) and n.kind() == "error"]
+
+
+def save(app, qtbot: QtBot, **changes: Any) -> None:
+    """Save through the manager what the Settings page's Save sends, and wait for "Saved"."""
+    values = values_of(app.controller.gateway.config)
+    for dotted, value in changes.items():
+        section, name = dotted.split("__")
+        values[(section, name)] = value
+    task = app.companion.config_manager.save(values)
+    qtbot.waitUntil(task.done, timeout=5000)
+    task.result()
+    page = app.companion.dashboard.settings
+    assert page.status_text().startswith("Saved.")
+    assert page.status.isVisibleTo(page)
+
+
+def test_saved_goes_as_soon_as_the_form_is_edited(start_app, qtbot):
+    app = start_app()
+    page = app.companion.dashboard.settings
+    app.companion.dashboard.show_settings()
+    app.companion.dashboard.show()
+    qtbot.waitExposed(page)
+    save(app, qtbot, cache__max_size_mb=64)
+    retype(qtbot, spin_box(page, PORT), "")  # an invalid edit is pending
+    assert not page.save_button.isEnabled()
+    assert not page.status.isVisibleTo(page)
+    assert not any(t.startswith("Saved") for t in shown_texts(page))
+
+
+def test_a_save_error_stays_while_the_form_is_edited(qtbot: QtBot, page: SettingsPage) -> None:
+    page.set_status("Could not save: disk full; the file was left as it was", "error")
+    retype(qtbot, spin_box(page, PORT), "8181")
+    assert page.status_text() == "Could not save: disk full; the file was left as it was"
+
+
+def test_a_broken_outside_edit_shows_one_red_notice(start_app, qtbot):
+    app = start_app()
+    page = app.companion.dashboard.settings
+    app.companion.dashboard.show_settings()
+    app.companion.dashboard.show()
+    qtbot.waitExposed(page)
+    save(app, qtbot, cache__max_size_mb=64)
+    path = app.controller.config_path
+    path.write_text(path.read_text().replace("max_size_mb = 64", "max_size_mb = 0"))
+    qtbot.waitUntil(lambda: bool(page.file_problems_text()), timeout=5000)
+    problem = "[cache].max_size_mb = 0: must be a whole number 1..65536"
+    assert visible_error_notices(page) == [page.file_problems]
+    assert "still running the configuration it had before" in page.file_problems_text()
+    assert problem in page.file_problems_text()
+    # The error is said once on the page, and the "Saved" from before the edit is gone.
+    assert sum(problem in t for t in shown_texts(page)) == 1
+    assert not page.status.isVisibleTo(page)
