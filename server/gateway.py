@@ -2,8 +2,8 @@
 
 It composes the services — response cache, queue, tickets, coalescing and bulk batches, the
 Ollama client — and exposes `chat()`, `complete()`, `bulk()`, `issue_ticket()`, `ticket()`,
-`cancel()`, `queue_entries()`, `health()`, `snapshot()`, `flush_cache()`, `reset_stats()` and
-`apply_config()`.
+`cancel()`, `queue_entries()`, `health()`, `snapshot()`, `models_overview()`, `flush_cache()`,
+`reset_stats()` and `apply_config()`.
 Nobody else reaches into a service.
 
 A chat request goes: ticket → cache → (join an identical generation in flight | a new
@@ -17,6 +17,7 @@ import contextlib
 import logging
 import re
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -86,6 +87,11 @@ class Gateway:
         self.by_endpoint: dict[str, dict[str, int]] = {}
         self.by_model: dict[str, dict[str, int]] = {}
         self.by_user: dict[str, dict[str, int]] = {}
+        # The endpoint and model of each request that may wait in line, for the queue tables;
+        # weak, so a forgotten ticket takes its entry with it.
+        self._about: weakref.WeakKeyDictionary[Ticket, tuple[str, str]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.keys = KeyRing(config.auth.keys)
         self.limiter = RateLimiter()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -180,6 +186,7 @@ class Gateway:
             self.tickets.abandon(ticket, exc.code if isinstance(exc, GatewayError) else "failed")
             raise
         ticket.generation = gen
+        self._about[ticket] = (req.endpoint, req.model)
         return ChatStream(self._listen(req, gen, ticket, "coalesced" if joined else "miss"))
 
     def cache_key(self, req: ChatRequest) -> str:
@@ -314,6 +321,14 @@ class Gateway:
                 counts = table[name] = {"requests": 0, "hits": 0}
             counts["requests"] += 1
             counts["hits"] += record.cached
+        if not record.cached and record.status == "ok" and outcome in (None, "miss"):
+            # Generation time per model: the request that ran the generation, less its wait in
+            # line (a coalesced listener joined midway, so its time says less).
+            counts = self.by_model[model]
+            counts["generations"] = counts.get("generations", 0) + 1
+            counts["generation_ms"] = counts.get("generation_ms", 0) + max(
+                0, record.total_ms - record.queue_ms
+            )
         if self.metrics is not None:
             outcome = outcome or ("hit" if record.cached else "miss")
             self.metrics.observe(record, model, outcome, prompt_tokens)
@@ -422,12 +437,14 @@ class Gateway:
 
     def issue_ticket(self, req: ChatRequest) -> Ticket:
         """POST /api/chat-queue: a place in line for a chat request to claim."""
-        return self.tickets.issue(
+        ticket = self.tickets.issue(
             req.request_id,
             Priority(req.priority),
             owner=req.user,
             max_waiting=self.config.auth.max_waiting_per_user,
         )
+        self._about[ticket] = (req.endpoint, req.model)
+        return ticket
 
     def ticket(self, request_id: str) -> Ticket | None:
         return self.tickets.get(request_id)
@@ -448,22 +465,28 @@ class Gateway:
         }
 
     def queue_entries(self) -> list[dict[str, Any]]:
-        """The requests in progress, for the web dashboard's queue table: each one's id, owner,
-        status, place in line and ETA; those being answered first, then the line in order."""
+        """The requests in progress, for the dashboards' queue tables: each one's id, owner,
+        endpoint, model, status, place in line, ETA and time since it joined the line; those
+        being answered first, then the line in order."""
         rows = []
+        now = time.monotonic()
         # Read-only: a finished ticket (kept for polling) is no longer in the queue.
         for ticket in list(self.tickets._tickets.values()):
             entry = ticket.entry
             if ticket.final is not None or ticket.cancelled or entry is None:
                 continue
+            endpoint, model = self._about.get(ticket, ("", ""))
             rows.append(
                 {
                     "request_id": ticket.request_id,
                     "user": ticket.owner,
+                    "endpoint": endpoint,
+                    "model": model,
                     "status": ticket.status,
                     "position": ticket.position,
                     "estimated_wait_ms": self.queue.eta_ms(ticket.position),
                     "waited_ms": round(entry.wait_ms),
+                    "elapsed_ms": round((now - entry.enqueued_at) * 1000),
                     "priority": entry.priority.name.lower(),
                 }
             )
@@ -486,6 +509,27 @@ class Gateway:
         self.by_user.clear()
         self.bulk_processor.batches = self.bulk_processor.items = 0
         self.ollama.counters = OllamaCounters()
+
+    async def models_overview(self) -> dict[str, Any]:
+        """What Ollama has: the models installed (/api/tags) and loaded now (/api/ps), named
+        as the per-model figures name them; both None when Ollama does not answer."""
+        try:
+            installed = await self.ollama.list_models()
+            # OllamaClient has no call for /api/ps yet; its _get_json translates the errors.
+            loaded = (await self.ollama._get_json("/api/ps")).get("models") or []
+        except GatewayError as exc:
+            return {"reachable": False, "installed": None, "loaded": None, "error": exc.message}
+
+        def names(models: list[Any]) -> list[str]:
+            found = (m.get("model") or m.get("name") for m in models if isinstance(m, dict))
+            return sorted({normalize_model(str(n)) for n in found if n})
+
+        return {
+            "reachable": True,
+            "installed": names(installed),
+            "loaded": names(list(loaded)),
+            "error": None,
+        }
 
     async def health(self) -> dict[str, Any]:
         if self.ollama.reachable is None:
