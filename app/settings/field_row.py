@@ -86,6 +86,7 @@ class FieldRow:
         self.source.setWordWrap(True)
         self.source.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.source.hide()
+        _small(self.source)
 
         # Every row's first line is as tall as a line edit, so labels line up with editors of
         # any height and the label column reads evenly.

@@ -218,7 +218,7 @@ class SettingsPage(QWidget):
             source = sources.get(k)
             row.set_source(
                 f"Set by {source}, which wins over the config file: an edit here is saved to "
-                "the file, but this value keeps running."
+                "the file but does not run."
                 if source
                 else ""
             )

@@ -226,7 +226,7 @@ def test_a_value_from_the_environment_is_marked_before_any_save(start_app, qtbot
     ]:
         marker = (
             f"Set by the environment variable {var}, which wins over the config file: an edit "
-            "here is saved to the file, but this value keeps running."
+            "here is saved to the file but does not run."
         )
         assert marker in shown, (section, name)
         assert var in page.field(section, name).toolTip()
