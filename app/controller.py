@@ -33,6 +33,9 @@ LOG_BATCH_MAX = 200
 HIT_RATE_WINDOW_S = 60.0
 # Requests per second are taken over this many seconds.
 _RATE_WINDOW_S = 5.0
+# What Ollama has installed and loaded is asked this often, in the background: two HTTP calls
+# are too many for the once-a-second snapshot, and a model loads or unloads rarely.
+MODELS_EVERY_S = 10.0
 
 
 class Controller(QObject):
@@ -64,6 +67,9 @@ class Controller(QObject):
         self._ollama_up: bool | None = None
         self._last_notice: dict[str, float] = {}
         self._busy: asyncio.Task[None] | None = None
+        # The latest gateway.models_overview(); None until the first answer.
+        self._models: dict[str, Any] | None = None
+        self._models_task: asyncio.Task[None] | None = None
         self.logs = LogBuffer().attach()
         # Under load the log runs at thousands of lines a second: widgets get them in batches
         # (one append every 500 ms, at most the last 200 lines), not one Qt call per line.
@@ -84,6 +90,7 @@ class Controller(QObject):
         if self.config_problems:
             self._notify("config", "Configuration problem", "; ".join(self.config_problems))
         await self._bring_up(self.host.start(), "start")
+        self._models_task = asyncio.ensure_future(self._models_loop())
 
     async def _bring_up(self, action: Awaitable[None], verb: str) -> None:
         """Start or restart the server, and show how it went."""
@@ -101,6 +108,9 @@ class Controller(QObject):
     async def shutdown(self) -> None:
         self._timer.stop()
         self._log_timer.stop()
+        if self._models_task is not None:
+            self._models_task.cancel()
+            await asyncio.gather(self._models_task, return_exceptions=True)
         if self._busy is not None:
             await asyncio.gather(self._busy, return_exceptions=True)
         await self.host.stop()
@@ -113,6 +123,30 @@ class Controller(QObject):
         count = self.gateway.flush_cache()
         self.tick()  # the tiles show it at once, not a second later
         return count
+
+    def cancel_request(self, request_id: str) -> bool:
+        """Cancel a waiting or running request, as DELETE /api/chat-queue does (this app is the
+        gateway's owner, so any user's); False when it has finished meanwhile."""
+        ticket = self.gateway.ticket(request_id)
+        if ticket is None or ticket.final is not None:
+            log.info("%s finished before it could be cancelled", request_id)
+            return False
+        self.gateway.cancel(ticket)
+        self.tick()  # the row goes at once, not a second later
+        return True
+
+    async def refresh_models(self) -> None:
+        """Ask Ollama which models it has installed and loaded (for the Models table)."""
+        if self.host.running:
+            self._models = await self.gateway.models_overview()
+
+    async def _models_loop(self) -> None:
+        while True:
+            try:
+                await self.refresh_models()
+            except Exception:  # a bug here must not end the refreshes for good
+                log.exception("asking Ollama for its models failed")
+            await asyncio.sleep(MODELS_EVERY_S)
 
     def restart_server(self, config: Config | None = None) -> asyncio.Task[None]:
         """Restart in the background (the menu and the button must not wait for the drain),
@@ -146,6 +180,11 @@ class Controller(QObject):
         snap["hit_rate_recent"] = self._hit_rate_recent(now, snap["response_cache"])
         snap["api_url"] = self.api_url
         snap["state"] = self.state
+        snap["queue_entries"] = self.gateway.queue_entries()
+        # The queue table names users only where there are any: keys, or a trusted user header.
+        auth = self.gateway.config.auth
+        snap["named_users"] = bool(self.gateway.keys) or bool(auth.user_header)
+        snap["ollama_models"] = self._models
         # Rows come in the order requests finished, so they show when they finished.
         snap["recent"] = [
             {**dataclasses.asdict(r), "time": r.started + r.total_ms / 1000}
