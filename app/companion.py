@@ -60,6 +60,7 @@ class Companion:
             self.dashboard.append_log(line)
         self.dashboard.flush_requested.connect(c.flush_cache)
         self.dashboard.restart_requested.connect(c.restart_server)
+        self.dashboard.cancel_requested.connect(c.cancel_request)
         self.dashboard.close_requested.connect(self.quit)
         if self.tray is not None:
             c.snapshot_ready.connect(self.tray.update_snapshot)

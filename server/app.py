@@ -15,7 +15,7 @@ from aiohttp import web
 from server import metrics
 from server.auth import ANONYMOUS, Identity, presented_key
 from server.errors import GatewayError
-from server.gateway import Gateway
+from server.gateway import SERVER_RESTART, SHUTDOWN, Gateway
 from server.handlers import chat, embed, native, ollama_relay, openai, openapi, queue, stats
 from server.handlers.body import expect_handler
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY, IDENTITY
@@ -79,11 +79,15 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
     try:
         resp = await handler(request)
     except asyncio.CancelledError:
-        # The client went away and aiohttp cancelled the handler: still one line for it.
+        # The client went away and aiohttp cancelled the handler, or a restart or stop ended
+        # the stream (its handler said so in `error`): still one line for it.
         info = request.get(CHAT_INFO)
         if info is not None:
-            info["error"] = "disconnected"
-            _log_chat(request, 499, info, (time.perf_counter() - started) * 1000)
+            by_server = info.get("error") in (SERVER_RESTART, SHUTDOWN)
+            if not by_server:
+                info["error"] = "disconnected"
+            ms = (time.perf_counter() - started) * 1000
+            _log_chat(request, 503 if by_server else 499, info, ms)
         else:
             log.debug("%s %s client disconnected", request.method, request.path_qs)
         raise
@@ -100,17 +104,19 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
 def _log_chat(request: web.Request, status: int, chat_info: dict[str, Any], ms: float) -> None:
     """One line per chat request: what a person debugging a slow or failed answer needs.
 
-    A client that disconnected is logged with status 499 (nginx's "client closed request").
+    A client that disconnected is logged with status 499 (nginx's "client closed request"), a
+    stream a restart or stop ended with 503 and `error=server_restart` or `error=shutdown`.
     """
+    ttft = chat_info.get("ttft_ms")
     log.info(
-        "%s %s %d id=%s model=%s cache=%s ttft=%sms total=%sms tokens=%s%s",
+        "%s %s %d id=%s model=%s cache=%s ttft=%s total=%sms tokens=%s%s",
         request.method,
         request.path,
         status,
         chat_info.get("request_id"),
         chat_info.get("model"),
         "hit" if chat_info.get("cached") else "miss",
-        chat_info.get("ttft_ms", "-"),
+        "-" if ttft is None else f"{ttft}ms",  # no first token: no time to it
         chat_info.get("total_ms", round(ms)),
         chat_info.get("eval_count", 0),
         f" error={chat_info['error']}" if "error" in chat_info else "",

@@ -19,8 +19,9 @@ import re
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import psutil
 
@@ -33,7 +34,7 @@ from server.metrics import Metrics
 from server.metrics import enabled as metrics_enabled
 from server.services.batch import BulkProcessor, Coalescer
 from server.services.cache import CachedAnswer, ResponseCache, cache_key, normalize_model
-from server.services.generation import Answer, Generation, Queued
+from server.services.generation import Answer, Generation, Piece, Queued
 from server.services.ollama import OllamaClient, OllamaCounters
 from server.services.queue import GenerationQueue, Priority
 from server.services.tickets import Ticket, TicketBook
@@ -45,6 +46,32 @@ log = logging.getLogger("chatbot.gateway")
 # model's tokens would come; joined they are exactly the stored text.
 _WORDS = re.compile(r"\s*\S+|\s+")
 MAX_MODELS = 50
+# Why the server itself ended a stream, as the log line, the recent table and the metrics say
+# it: kept apart from "disconnected" (the client left) and "cancelled" (DELETE /api/chat-queue).
+SERVER_RESTART, SHUTDOWN = "server_restart", "shutdown"
+
+
+@dataclass
+class Interruption:
+    """A stream the server is ending (a restart or a stop ran out of drain time): why, and
+    what the request had got so far (its record's stats, filled in as it ends)."""
+
+    reason: str
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def code(self) -> str:
+        """The error code the client's stream ends with."""
+        return "server_shutting_down" if self.reason == SHUTDOWN else "server_restarting"
+
+    @property
+    def message(self) -> str:
+        if self.reason == SHUTDOWN:
+            return (
+                "the server is shutting down before this answer was complete; send the "
+                "request again when it is back"
+            )
+        return "the server is restarting before this answer was complete; send the request again"
 
 
 class Gateway:
@@ -95,6 +122,11 @@ class Gateway:
         self.keys = KeyRing(config.auth.keys)
         self.limiter = RateLimiter()
         self._tasks: list[asyncio.Task[Any]] = []
+        # Handler tasks a restart or stop is ending; weak, so a finished handler is forgotten.
+        self._interrupted: weakref.WeakKeyDictionary[asyncio.Task[Any], Interruption] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.interrupted = 0  # requests ended by a restart or stop, apart from cancelled
         # Prometheus metrics (GET /metrics); on unless turned off for a measurement.
         on = metrics_enabled() if metrics is None else metrics
         self.metrics: Metrics | None = Metrics(self) if on else None
@@ -114,6 +146,18 @@ class Gateway:
                 await task
         self._tasks.clear()
         await self.ollama.close()
+
+    def interrupt(self, tasks: Iterable[asyncio.Task[Any]], reason: str) -> None:
+        """End these streams' handler tasks because the server restarts or stops (`reason`):
+        their records say so instead of "disconnected", and keep what they streamed."""
+        for task in tasks:
+            self._interrupted[task] = Interruption(reason)
+            task.cancel()
+
+    def interruption(self) -> Interruption | None:
+        """Why the server is ending the current task's stream, if it is (see `interrupt`)."""
+        task = asyncio.current_task()
+        return self._interrupted.get(task) if task is not None else None
 
     async def _probe_loop(self) -> None:
         warmed = not self.config.ollama.warm_up
@@ -268,14 +312,21 @@ class Gateway:
         timer = Timer()
         record = RequestRecord(req.request_id, req.model, req.endpoint, user=req.user)
         listening_since = time.monotonic()
+        streamed = 0  # pieces this client got: its tokens, if the answer ends early
+        stop: Interruption | None = None
         try:
-            async for event in gen.listen(ticket):
-                if isinstance(event, Queued):
-                    yield event
-                    continue
-                if record.ttft_ms is None:
-                    record.ttft_ms = timer.ms()
-                yield Content(event.text, event.thinking, event.tool_calls, event.raw)
+            # aclosing: leaving early detaches this listener at once (not when collected), so
+            # an interrupted generation is known to have no listener left, below.
+            listening = cast(AsyncGenerator[Queued | Piece, None], gen.listen(ticket))
+            async with contextlib.aclosing(listening) as events:
+                async for event in events:
+                    if isinstance(event, Queued):
+                        yield event
+                        continue
+                    if record.ttft_ms is None:
+                        record.ttft_ms = timer.ms()
+                    streamed += 1
+                    yield Content(event.text, event.thinking, event.tool_calls, event.raw)
             granted = gen.entry.granted_at or listening_since
             record.queue_ms = max(0, round((granted - listening_since) * 1000))
             record.tokens = gen.tokens
@@ -292,11 +343,23 @@ class Gateway:
             raise
         except (asyncio.CancelledError, GeneratorExit):
             if not record.total_ms:
-                record.status = "disconnected"
+                record.tokens = streamed
+                stop = self.interruption()
+                record.status = stop.reason if stop is not None else "disconnected"
+                if stop is not None and gen.listeners == 0 and not gen.finished:
+                    # Its queue slot is freed as "interrupted", not counted as cancelled (the
+                    # generation task, stopping, then finds the entry released).
+                    self.queue.release(gen.entry, "interrupted")
             raise
         finally:
             prompt_tokens = int((gen.final or {}).get("prompt_eval_count") or 0)
+            if stop is not None:
+                self.interrupted += 1
             self._finish(record, timer, ticket, outcome, prompt_tokens)
+            if stop is not None:
+                stop.stats = record.stats()
+                if record.ttft_ms is None:  # no first token: no time to it, not the total
+                    del stop.stats["ttft_ms"]
 
     def record(
         self, record: RequestRecord, outcome: str | None = None, prompt_tokens: int = 0
@@ -550,9 +613,10 @@ class Gateway:
     def snapshot(self) -> dict[str, Any]:
         """Everything the stats endpoint and the dashboard show, without any I/O."""
         c = self.ollama.counters
+        latency = self.ollama.latency_ms
         return {
             "response_cache": self.cache.stats(),
-            "queue": self.queue.stats(),
+            "queue": {**self.queue.stats(), "interrupted": self.interrupted},
             "batch": {
                 "enabled": self.config.batch.enabled,
                 "coalesced": self.coalescer.coalesced,
@@ -568,7 +632,8 @@ class Gateway:
                 "model": self.config.ollama.model,
                 "reachable": bool(self.ollama.reachable),
                 "version": self.ollama.version,
-                "latency_ms": self.ollama.latency_ms,
+                # To 0.1 ms, as the queue's averages: the probe's float has no more meaning.
+                "latency_ms": None if latency is None else round(latency, 1),
                 "requests": c.requests,
                 "errors": c.errors,
                 "tokens_generated": c.tokens_generated,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+from typing import Any
 
 from aiohttp import web
 
@@ -22,7 +23,7 @@ from server.connections import (
     open_files_limit,
     raise_open_files_limit,
 )
-from server.gateway import Gateway
+from server.gateway import SERVER_RESTART, SHUTDOWN, Gateway
 from server.keys import ACTIVE_STREAMS
 
 log = logging.getLogger("chatbot.http")
@@ -50,6 +51,9 @@ class ServerHost:
         # Tests and benchmarks bind port 0 (any free port); the config itself insists on 1..65535.
         self._port_override = port_override
         self._runner: GuardedRunner | None = None
+        # Streams of old servers still given time to finish, and what ends that wait early.
+        self._draining: set[asyncio.Task[Any]] = set()
+        self._hurry: set[asyncio.Event] = set()
         self._limits_checked = False
         self.port: int | None = None
 
@@ -71,6 +75,18 @@ class ServerHost:
     def connections(self) -> ConnectionGuard | None:
         """The serving listener's connection guard (counts, the cap), while it serves."""
         return self._runner.guard if self._runner is not None else None
+
+    @property
+    def streams_in_flight(self) -> int:
+        """Streams still running: on the serving listener, and on old ones being drained."""
+        serving = len(self._runner.app[ACTIVE_STREAMS]) if self._runner is not None else 0
+        return serving + sum(1 for task in self._draining if not task.done())
+
+    def finish_now(self) -> None:
+        """Stop waiting for streams in flight (Quit now): a drain under way ends them at once,
+        as if its time had run out."""
+        for event in self._hurry:
+            event.set()
 
     async def start(self) -> None:
         """Start the gateway's services (once) and bind the HTTP server."""
@@ -114,21 +130,31 @@ class ServerHost:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await _stop_listening(runner)
-            await self._drain(runner)
+            await self._drain(runner, SHUTDOWN)
 
-    async def _drain(self, runner: GuardedRunner) -> None:
-        """Let streams in flight finish for `drain_seconds`, end the rest with an error frame
-        (their handlers catch the cancellation), then close the old server."""
-        streams = runner.app[ACTIVE_STREAMS]
+    async def _drain(self, runner: GuardedRunner, reason: str) -> None:
+        """Let streams in flight finish for `drain_seconds` (or until `finish_now()`), end the
+        rest with an error frame (their handlers catch the cancellation) and record them as
+        ended by `reason` (server_restart or shutdown, not a client disconnect), then close the
+        old server."""
+        active = runner.app[ACTIVE_STREAMS]
+        streams = set(active)
         if streams:
             log.info(
                 "waiting up to %g s for %d stream(s) to finish", self.drain_seconds, len(streams)
             )
-            _, pending = await asyncio.wait(set(streams), timeout=self.drain_seconds)
-            for task in pending:
-                task.cancel()
+            hurry = asyncio.Event()
+            self._hurry.add(hurry)
+            self._draining |= streams
+            try:
+                pending = await _wait_until(streams, self.drain_seconds, hurry)
+            finally:
+                self._hurry.discard(hurry)
+                self._draining -= streams
             if pending:
-                log.info("ended %d stream(s) that were still running", len(pending))
+                why = "the server restarts" if reason == SERVER_RESTART else "the server stops"
+                log.info("ending %d stream(s) still running: %s", len(pending), why)
+                self.gateway.interrupt(pending, reason)
                 await asyncio.wait(pending, timeout=1.0)
         await runner.cleanup()
 
@@ -149,11 +175,30 @@ class ServerHost:
             await self._bind()
         finally:
             if old is not None:
-                await self._drain(old)
+                await self._drain(old, SERVER_RESTART)
 
     async def stop(self) -> None:
         await self._unbind()
         await self.gateway.close()
+
+
+async def _wait_until(
+    tasks: set[asyncio.Task[Any]], seconds: float, hurry: asyncio.Event
+) -> set[asyncio.Task[Any]]:
+    """Wait for the tasks for `seconds` or until `hurry` is set; return those still running."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    pending = set(tasks)
+    hurried = asyncio.ensure_future(hurry.wait())
+    try:
+        while pending and not hurry.is_set() and (left := deadline - loop.time()) > 0:
+            done, _ = await asyncio.wait(
+                {*pending, hurried}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            pending -= done
+    finally:
+        hurried.cancel()
+    return {task for task in tasks if not task.done()}
 
 
 async def _stop_listening(runner: web.AppRunner) -> None:

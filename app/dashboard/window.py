@@ -1,6 +1,7 @@
 """The dashboard window: an Overview tab with the banner, tiles, the per-endpoint, per-model and
-per-user breakdown, charts, request table and log tail, rendering the once-a-second snapshot
-into them, and a Settings tab. It never calls services; it emits signals."""
+per-user breakdown, charts, the recent requests, live queue and per-model tables, and the log
+tail, rendering the once-a-second snapshot into them, and a Settings tab. It never calls
+services; it emits signals."""
 
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ from app.dashboard.banner import StateBanner
 from app.dashboard.breakdown import Breakdown
 from app.dashboard.colors import BAD, GOOD
 from app.dashboard.log_tail import LogTail
+from app.dashboard.models_view import ModelsView
+from app.dashboard.queue_view import QueueView
 from app.dashboard.requests_model import ANONYMOUS, COLUMNS, RequestsModel
 from app.dashboard.sparkline import Sparkline
 from app.dashboard.tiles import Tile
@@ -78,6 +81,7 @@ class DashboardWindow(QMainWindow):
     flush_requested = Signal()
     restart_requested = Signal()
     close_requested = Signal()
+    cancel_requested = Signal(str)  # a request id, from the live queue
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -110,6 +114,12 @@ class DashboardWindow(QMainWindow):
         self.requests_model = RequestsModel()
         self.requests_model.set_palette(self.palette())
         self.requests_table = self._make_table()
+        self.queue_view = QueueView()
+        self.queue_view.cancel_requested.connect(self.cancel_requested)
+        self.models_view = ModelsView()
+        # The recent requests, the live queue and the per-model table share one place: at the
+        # minimum size (880×600) there is no height for three tables at once.
+        self.activity = QTabWidget()
         self.log_tail = LogTail()
         self.status_label = QLabel()
         self.status_label.setContentsMargins(8, 0, 0, 0)
@@ -167,7 +177,15 @@ class DashboardWindow(QMainWindow):
 
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.setChildrenCollapsible(False)
-        splitter.addWidget(_section("Recent requests", self.requests_table))
+        self.activity.setDocumentMode(True)
+        self.activity.addTab(self.requests_table, "Recent requests")
+        self.activity.addTab(self.queue_view, "Live queue")
+        self.activity.addTab(self.models_view, "Models")
+        self.activity.setTabToolTip(1, "Requests being answered and waiting now; cancel them here")
+        self.activity.setTabToolTip(
+            2, "Requests, hit rate and generation time per model, and what Ollama has installed"
+        )
+        splitter.addWidget(self.activity)
         splitter.addWidget(_section("Log", self.log_tail))
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
@@ -236,6 +254,10 @@ class DashboardWindow(QMainWindow):
         self.charts["queue"].add(waiting + active)
         self.charts["memory"].add(rss)
         self._render_recent(snap.get("recent") or [])
+        self._render_queue(snap)
+        self.models_view.set_models(
+            snap.get("models"), snap.get("ollama_models"), ollama.get("model")
+        )
         self._render_status(snap, queue, ollama)
 
     def set_state(self, state: str, message: str) -> None:
@@ -283,6 +305,13 @@ class DashboardWindow(QMainWindow):
             # The scroll range grows in a deferred layout; grow it now so setValue isn't clamped.
             self.requests_table.updateGeometries()
             bar.setValue(scrolled + inserted)
+
+    def _render_queue(self, snap: Mapping[str, Any]) -> None:
+        self.queue_view.set_entries(snap.get("queue_entries"), bool(snap.get("named_users")))
+        shown = self.queue_view.row_count()
+        title = f"Live queue ({shown})" if shown else "Live queue"
+        if self.activity.tabText(1) != title:
+            self.activity.setTabText(1, title)
 
     def _render_status(
         self, snap: Mapping[str, Any], queue: Mapping[str, Any], ollama: Mapping[str, Any]
@@ -365,4 +394,6 @@ class DashboardWindow(QMainWindow):
     def changeEvent(self, event: QEvent) -> None:
         if event.type() == QEvent.Type.PaletteChange:
             self.requests_model.set_palette(self.palette())
+            self.queue_view.palette_changed(self.palette())
+            self.models_view.palette_changed(self.palette())
         super().changeEvent(event)

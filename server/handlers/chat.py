@@ -13,7 +13,7 @@ from aiohttp import web
 
 from server.chat_request import ChatRequest, parse_chat_request
 from server.errors import BadRequest, GatewayError
-from server.gateway import Gateway
+from server.gateway import SERVER_RESTART, Gateway, Interruption
 from server.handlers.body import read_json
 from server.handlers.caller import as_caller
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
@@ -129,15 +129,12 @@ async def _stream(
     except asyncio.CancelledError:
         # The client left (then this write fails quietly), or the server is stopping or
         # restarting and its drain time ran out: tell the client why its answer ends here.
+        stop = gateway.interruption()
+        if stop is not None:
+            info.update(stop.stats, error=stop.reason)  # the log line's status and tokens
+        ending = stop or Interruption(SERVER_RESTART)  # a client that left never reads it
         await _final_error(
-            resp,
-            {
-                "error": "the server stopped or restarted before this answer was complete; "
-                "send the request again",
-                "code": "server_restarting",
-                "done": True,
-                "request_id": rid,
-            },
+            resp, {"error": ending.message, "code": ending.code, "done": True, "request_id": rid}
         )
         raise
     except GatewayError as exc:

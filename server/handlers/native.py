@@ -21,7 +21,7 @@ from aiohttp import web
 
 from server.chat_request import ChatRequest, bad_field, new_request_id
 from server.errors import BadRequest, GatewayError
-from server.gateway import Gateway
+from server.gateway import SERVER_RESTART, Gateway, Interruption
 from server.handlers.body import read_json
 from server.handlers.caller import as_caller
 from server.json_checks import lone_surrogate_path
@@ -385,10 +385,12 @@ async def _stream(
         info["error"] = "disconnected"
         return resp
     except asyncio.CancelledError:
+        stop = gateway.interruption()
+        if stop is not None:
+            info.update(stop.stats, error=stop.reason)  # the log line's status and tokens
         if resp.prepared:
-            await _last_line(
-                resp, {"error": "the gateway stopped or restarted before this answer was complete"}
-            )
+            ending = stop or Interruption(SERVER_RESTART)  # a client that left never reads it
+            await _last_line(resp, {"error": ending.message})
         raise
     except GatewayError as exc:
         info["error"] = exc.code

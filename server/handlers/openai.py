@@ -26,7 +26,7 @@ from aiohttp import web
 
 from server.chat_request import ChatRequest
 from server.errors import BadRequest, GatewayError, NotFound
-from server.gateway import Gateway
+from server.gateway import SERVER_RESTART, Gateway, Interruption
 from server.handlers.body import read_json
 from server.handlers.caller import as_caller, caller
 from server.handlers.embed import embed_inputs, record
@@ -531,20 +531,24 @@ async def _stream(
         info["error"] = "disconnected"
         return resp
     except asyncio.CancelledError:
+        stop = gateway.interruption()
+        if stop is not None:
+            info.update(stop.stats, error=stop.reason)  # the log line's status and tokens
+        ending = stop or Interruption(SERVER_RESTART)  # a client that left never reads it
         with contextlib.suppress(Exception):
             await resp.write(
                 _event(
                     {
                         "error": {
-                            "message": "the gateway stopped or restarted before this answer "
-                            "was complete",
+                            "message": ending.message,
                             "type": "api_error",
                             "param": None,
-                            "code": "server_restarting",
+                            "code": ending.code,
                         }
                     }
                 )
             )
+            await resp.write_eof()  # a whole response: the SDK raises the error, not a cut
         raise
     except GatewayError as exc:
         info["error"] = exc.code
