@@ -31,9 +31,11 @@ class KeyedRowsModel(QAbstractTableModel):
         columns: Sequence[str],
         numeric: Sequence[str] = (),
         header_tips: Mapping[str, str] | None = None,
+        centered: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.columns = tuple(columns)
+        self._centered = frozenset(self.columns.index(c) for c in centered)
         self._header_tips = dict(header_tips or {})
         self._numeric = frozenset(self.columns.index(c) for c in numeric)
         self._rows: list[Row] = []
@@ -136,5 +138,9 @@ class KeyedRowsModel(QAbstractTableModel):
         return None
 
     def _alignment(self, col: int) -> Qt.AlignmentFlag:
-        h = Qt.AlignmentFlag.AlignRight if col in self._numeric else Qt.AlignmentFlag.AlignLeft
+        h = Qt.AlignmentFlag.AlignLeft
+        if col in self._numeric:
+            h = Qt.AlignmentFlag.AlignRight
+        elif col in self._centered:
+            h = Qt.AlignmentFlag.AlignHCenter
         return h | Qt.AlignmentFlag.AlignVCenter

@@ -86,7 +86,10 @@ class ModelsView(QTableView):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.table_model = KeyedRowsModel(COLUMNS, NUMERIC, HEADER_TIPS)
+        # Yes/no columns centred, so they do not run into the right-aligned figures.
+        self.table_model = KeyedRowsModel(
+            COLUMNS, NUMERIC, HEADER_TIPS, centered=("Installed", "Loaded")
+        )
         self.setModel(self.table_model)
         self.setAlternatingRowColors(True)
         self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)

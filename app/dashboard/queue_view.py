@@ -52,8 +52,9 @@ STATES = {"processing": "running", "queued": "waiting"}
 
 
 def seconds(ms: float) -> str:
-    """A wait or an age: '0.4 s', '12 s', '3 min', '1 h 05 min'."""
-    s = max(0.0, ms / 1000)
+    """A wait or an age: '0.4 s', '12 s', '3 min', '1 h 05 min' (never '0.0 s' for a wait
+    that is short but not over)."""
+    s = max(0.1 if ms > 0 else 0.0, ms / 1000)
     return f"{s:.1f} s" if s < 10 else fmt.duration(s)
 
 
