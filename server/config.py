@@ -166,6 +166,36 @@ class CacheSection:
             choices=("shared", "per_key"),
         ),
     )
+    backend: str = field(
+        default="auto",
+        metadata=_meta(
+            "Tiers behind the RAM cache: memory (none), sqlite (a file that outlives restarts), "
+            "redis (shared by gateways), sqlite+redis; auto: sqlite in the desktop app, memory "
+            "headless, plus redis when redis_url is set",
+            choices=("auto", "memory", "sqlite", "redis", "sqlite+redis"),
+        ),
+    )
+    disk_path: str = field(
+        default="",
+        metadata=_meta(
+            "SQLite file of the sqlite tier; empty: answers.sqlite3 in the platform cache "
+            "directory ($XDG_CACHE_HOME/chatbot-companion on Linux)"
+        ),
+    )
+    disk_max_size_mb: int = field(
+        default=1024,
+        metadata=_meta(
+            "Size budget of the sqlite tier, in MiB (oldest entries go first)", min=1, max=1048576
+        ),
+    )
+    redis_url: str = field(
+        default="",
+        metadata=_meta(
+            "Redis/Valkey URL of the shared tier (redis://host:6379/0, rediss://, unix://); "
+            "empty: none. Bound its size with Redis's maxmemory",
+            check="redis_url",
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -380,6 +410,7 @@ def _rule(key: Key) -> str:
         "host": "an IP address or host name",
         "keys": "a list of name:role:sha256:<64 hex digits> entries",
         "header": "an HTTP header name, or empty",
+        "redis_url": "a redis://, rediss:// or unix:// URL, or empty",
     }
     if key.check in described:
         return "must be " + described[key.check]
@@ -464,6 +495,10 @@ def _check(check: str | None, value: Any) -> str | None:
             names.add(name)
     if check == "header" and value and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
         return "must be an HTTP header name (letters, digits, -)"
+    if check == "redis_url" and value:
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            return "must be a redis://, rediss:// or unix:// URL, e.g. redis://localhost:6379/0"
     if check == "origins":
         for origin in value:
             if origin == "*":

@@ -38,6 +38,7 @@ from server.services.generation import Answer, Generation, Piece, Queued
 from server.services.ollama import OllamaClient, OllamaCounters
 from server.services.queue import GenerationQueue, Priority
 from server.services.tickets import Ticket, TicketBook
+from server.services.tiers import build_tiers
 from server.streams import ChatEvent, ChatStream, Content, Done, RequestRecord, Timer
 
 log = logging.getLogger("chatbot.gateway")
@@ -81,6 +82,7 @@ class Gateway:
         ollama: OllamaClient | None = None,
         *,
         metrics: bool | None = None,
+        desktop: bool = False,
     ) -> None:
         self.config = config
         self.ollama = ollama or OllamaClient(
@@ -93,6 +95,8 @@ class Gateway:
             max_size_mb=config.cache.max_size_mb,
             ttl_seconds=config.cache.ttl_seconds,
         )
+        # SQLite and/or Redis behind the RAM cache ([cache].backend; `desktop` picks auto's).
+        self.tiers = build_tiers(config.cache, desktop=desktop)
         self.queue = GenerationQueue(
             max_concurrent=config.queue.max_concurrent,
             max_queue_size=config.queue.max_queue_size,
@@ -135,6 +139,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.ollama.start()
+        await self.tiers.start()
         self._tasks.append(asyncio.create_task(self._probe_loop(), name="ollama-probe"))
 
     async def close(self) -> None:
@@ -145,6 +150,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.tiers.close()
         await self.ollama.close()
 
     def interrupt(self, tasks: Iterable[asyncio.Task[Any]], reason: str) -> None:
@@ -181,6 +187,12 @@ class Gateway:
             max_size_mb=config.cache.max_size_mb,
             ttl_seconds=config.cache.ttl_seconds,
         )
+        self.tiers.configure(config.cache)
+        tier_keys = [
+            f"[cache].{name}"
+            for name in ("enabled", "backend", "disk_path", "redis_url")
+            if getattr(old.cache, name) != getattr(config.cache, name)
+        ]
         self.queue.configure(
             max_concurrent=config.queue.max_concurrent,
             max_queue_size=config.queue.max_queue_size,
@@ -191,7 +203,7 @@ class Gateway:
             max_batch_size=config.batch.max_batch_size,
             batch_timeout_ms=config.batch.batch_timeout_ms,
         )
-        return [
+        return tier_keys + [
             f"[server].{name}"
             # The body limit is set when the HTTP app is built, so it also needs a restart.
             for name in ("host", "port", "max_body_kb")
@@ -200,13 +212,17 @@ class Gateway:
 
     # -- chat -------------------------------------------------------------------------------
 
-    def chat(self, req: ChatRequest, priority: Priority | None = None) -> ChatStream:
+    def chat(
+        self, req: ChatRequest, priority: Priority | None = None, *, tiers_asked: bool = False
+    ) -> ChatStream:
         """Open an answer: a ChatStream of Queued and Content events ending with one Done.
 
-        Whether it is a cache hit is known at once (for the `X-Cache` header), and so is a full
-        queue (QueueFull, raised here). Iterating raises GatewayError on failure; closing the
-        stream early (the client left) detaches it, and the upstream generation stops when
-        nobody else listens to it.
+        Whether it is a RAM cache hit is known at once (for the `X-Cache` header), and so is a
+        full queue (QueueFull, raised here). A hit from a tier behind RAM (SQLite, Redis) is
+        found inside the stream, so it says MISS but replays with `cached` true; `complete()`
+        asks the tiers first (`tiers_asked`), so a whole-answer request says HIT. Iterating
+        raises GatewayError on failure; closing the stream early (the client left) detaches
+        it, and the upstream generation stops when nobody else listens to it.
         """
         priority = Priority(req.priority) if priority is None else priority
         retry = self.limiter.retry_after(req.user, self.config.auth.requests_per_minute_per_user)
@@ -223,6 +239,17 @@ class Gateway:
             if hit is not None:
                 self.tickets.drop_reservation(ticket)
                 return ChatStream(self._replay(req, hit, ticket), hit=hit)
+            if req.cache_read and self.tiers.active and not tiers_asked:
+                # The tiers behind RAM are asked inside the stream (they are I/O). The place in
+                # line is taken now, so a full queue is still refused before any header.
+                if ticket.reservation is None:
+                    ticket.reservation = self.queue.enqueue(
+                        priority,
+                        label=req.request_id,
+                        owner=req.user,
+                        max_waiting=self.config.auth.max_waiting_per_user,
+                    )
+                return ChatStream(self._from_tiers(req, key, ticket, priority))
             gen, joined = self._generation_for(req, key, ticket, priority)
         except BaseException as exc:
             # Whatever went wrong (a full queue, or a bug), the ticket and any place in line
@@ -260,6 +287,8 @@ class Gateway:
         )
 
         def store(answer: Answer) -> None:
+            if self.tiers.active:
+                self.tiers.put(key, _cached(req.model, answer))
             self.cache.put(
                 key,
                 answer.text,
@@ -284,6 +313,42 @@ class Gateway:
         if shareable:
             self.coalescer.register(key, gen)
         return gen, False
+
+    async def _from_tiers(
+        self, req: ChatRequest, key: str, ticket: Ticket, priority: Priority
+    ) -> AsyncGenerator[ChatEvent, None]:
+        """A RAM miss: the tiers behind RAM, then (on a miss there too) a generation."""
+        events: AsyncGenerator[ChatEvent, None] | None = None
+        try:
+            found = await self.tiers.get(key)  # never raises; Redis is bounded to 50 ms
+            if found is not None:
+                hit = self.cache.adopt(key, found, missed=True)
+                self.tickets.drop_reservation(ticket)
+                events = self._replay(req, hit, ticket)
+            else:
+                gen, joined = self._generation_for(req, key, ticket, priority)
+                ticket.generation = gen
+                events = self._listen(req, gen, ticket, "coalesced" if joined else "miss")
+        except BaseException as exc:
+            # The client left during the lookup (or a bug): give back the place in line.
+            self.tickets.abandon(ticket, exc.code if isinstance(exc, GatewayError) else "failed")
+            raise
+        async with contextlib.aclosing(events):
+            async for event in events:
+                yield event
+
+    async def _fill_from_tiers(self, reqs: list[ChatRequest]) -> None:
+        """Copy into RAM what the tiers behind it hold for these requests (RAM misses only,
+        all looked up at once), so the requests then find it in RAM."""
+        keys = {
+            key
+            for req in reqs
+            if req.cache_read and not self.cache.contains(key := self.cache_key(req))
+        }
+        found = await asyncio.gather(*(self.tiers.get(key) for key in keys))
+        for key, answer in zip(keys, found, strict=True):
+            if answer is not None:
+                self.cache.adopt(key, answer, missed=False)
 
     async def _replay(
         self, req: ChatRequest, hit: CachedAnswer, ticket: Ticket
@@ -413,7 +478,9 @@ class Gateway:
         self, req: ChatRequest, priority: Priority | None = None
     ) -> tuple[str, Done]:
         """The whole answer at once (non-streaming clients); queue updates are not needed."""
-        stream = self.chat(req, priority)
+        if self.tiers.active:
+            await self._fill_from_tiers([req])
+        stream = self.chat(req, priority, tiers_asked=self.tiers.active)
         if stream.hit is not None:
             # Fast path: no word splitting for a client that wants the whole text anyway.
             await stream.aclose()
@@ -467,6 +534,8 @@ class Gateway:
         first_of: dict[str, int] = {}
         twins: dict[int, list[int]] = {}
         to_run: list[tuple[int, ChatRequest]] = []
+        if self.tiers.active:
+            await self._fill_from_tiers([i for i in items if isinstance(i, ChatRequest)])
         for i, item in enumerate(items):
             if isinstance(item, GatewayError):
                 results[i] = _failed(item)
@@ -559,12 +628,27 @@ class Gateway:
     # -- reporting --------------------------------------------------------------------------
 
     def flush_cache(self) -> int:
+        """Clear the RAM tier (only: no I/O here); `flush_tiers()` clears them all."""
         count = self.cache.clear()
         log.info("cache flushed (%d entries)", count)
         return count
 
+    async def flush_tiers(self) -> dict[str, int | str]:
+        """Clear every cache tier: per tier (memory, sqlite, redis), the entries it dropped,
+        or why it could not be cleared (a tier that is down)."""
+        done: dict[str, int | str] = {"memory": self.flush_cache()}
+        done.update(await self.tiers.clear())
+        log.info("cache tiers flushed: %s", done)
+        return done
+
+    def cache_tiers(self) -> dict[str, dict[str, Any]]:
+        """Each tier's state, entries and hits: memory first, then those behind it."""
+        memory = self.tiers.memory_stats(self.cache.counters, self.cache.entries)
+        return {"memory": memory, **self.tiers.stats()}
+
     def reset_stats(self) -> None:
         self.cache.reset_stats()
+        self.tiers.reset_stats()
         self.queue.reset_stats()
         self.coalescer.coalesced = 0
         self.by_endpoint.clear()
@@ -601,6 +685,11 @@ class Gateway:
         return {
             "status": "ok" if reachable else "degraded",
             "version": __version__,
+            # A tier down is reported, not a degraded status: answers still flow without it.
+            "cache_tiers": {
+                name: {k: v for k, v in tier.items() if k in ("state", "reason", "entries")}
+                for name, tier in self.cache_tiers().items()
+            },
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "ollama": {
                 "url": self.ollama.base_url,
@@ -615,7 +704,7 @@ class Gateway:
         c = self.ollama.counters
         latency = self.ollama.latency_ms
         return {
-            "response_cache": self.cache.stats(),
+            "response_cache": {**self.cache.stats(), "tiers": self.cache_tiers()},
             "queue": {**self.queue.stats(), "interrupted": self.interrupted},
             "batch": {
                 "enabled": self.config.batch.enabled,
@@ -645,6 +734,20 @@ class Gateway:
             "users": {k: dict(v) for k, v in self.by_user.items()},
             "uptime_seconds": round(time.time() - self.started_at, 1),
         }
+
+
+def _cached(model: str, answer: Answer) -> CachedAnswer:
+    return CachedAnswer(
+        answer.text,
+        model,
+        answer.eval_count,
+        time.monotonic(),
+        thinking=answer.thinking,
+        tool_calls=answer.tool_calls,
+        done_reason=answer.done_reason,
+        prompt_eval_count=answer.prompt_eval_count,
+        context=answer.context,
+    )
 
 
 def _failed(exc: GatewayError) -> dict[str, Any]:

@@ -4,6 +4,8 @@ Each input text is its own cache entry (keyed by model, text, truncate, dimensio
 a list with some inputs cached sends only the missing ones to Ollama, in one call that waits its
 turn in the queue like a generation, and the answer keeps the original order. Re-indexing
 unchanged documents costs Ollama nothing. An empty input (Ollama's "load the model") is relayed.
+With several Ollama hosts the call goes to one that has the model, and is tried once more on
+another if that host fails (refused, a timeout, a 5xx).
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from typing import Any
 
 from aiohttp import web
 
-from server.errors import BadRequest, UpstreamError
+from server.errors import BadRequest, GatewayError, ModelNotFound, UpstreamError
 from server.gateway import Gateway
 from server.handlers.body import read_json
 from server.handlers.caller import caller
 from server.handlers.native import native_errors, relay_json, request_id
-from server.json_checks import lone_surrogate_path
+from server.json_checks import lone_surrogate_path, quote
 from server.keys import CHAT_INFO, GATEWAY
 from server.services.cache import cache_key
+from server.services.hosts import host_failed
 from server.services.queue import Priority
 from server.streams import RequestRecord
 
@@ -162,27 +165,46 @@ async def _upstream(
     gateway: Gateway, rid: str, user: str, path: str, body: dict[str, Any]
 ) -> dict[str, Any]:
     """One embedding call to Ollama, in its turn (the user's) like a generation."""
+    model = str(body.get("model", ""))
     entry = gateway.queue.enqueue(
         Priority.INTERACTIVE,
         label=rid,
         owner=user,
         max_waiting=gateway.config.auth.max_waiting_per_user,
+        model=model,
     )
     outcome = "failed"
     try:
-        await gateway.queue.wait_turn(entry)
-        status, _, data = await gateway.ollama.send("POST", path, json_body=body)
-        if status >= 400:
-            err = UpstreamError(f"Ollama answered HTTP {status} to {path}", status=502)
-            err.upstream_status = status
+        while True:
+            await gateway.queue.wait_turn(entry)
+            host = entry.host
+            if host is None:
+                raise ModelNotFound(
+                    f"model {quote(model)} is not served by any Ollama host (the `models` "
+                    "lists of [[ollama.hosts]] leave it out)"
+                )
             try:
-                err.upstream_text = str(json.loads(data).get("error") or data.decode())
-            except (ValueError, AttributeError):
-                err.upstream_text = data.decode(errors="replace")
-            raise err
-        outcome = "completed"
-        answer: dict[str, Any] = json.loads(data)
-        return answer
+                status, _, data = await host.client.send("POST", path, json_body=body)
+                if status >= 400:
+                    err = UpstreamError(f"Ollama answered HTTP {status} to {path}", status=502)
+                    err.upstream_status = status
+                    try:
+                        err.upstream_text = str(json.loads(data).get("error") or data.decode())
+                    except (ValueError, AttributeError):
+                        err.upstream_text = data.decode(errors="replace")
+                    raise err
+            except GatewayError as exc:
+                gateway.hosts.note_failure(host, exc)
+                # Once, on another host that has the model: nothing has reached the client.
+                if entry.exclude or not host_failed(exc):
+                    raise
+                if not gateway.queue.reroute(entry, host):
+                    raise
+                continue
+            gateway.hosts.note_success(host, model)
+            outcome = "completed"
+            answer: dict[str, Any] = json.loads(data)
+            return answer
     finally:
         # No generation time: a quick embedding would make the queue's ETAs too hopeful.
         gateway.queue.release(entry, outcome)

@@ -31,8 +31,11 @@ async def cache_action(request: web.Request) -> web.Response:
     action = body.get("action") if isinstance(body, dict) else None
     gateway = request.app[GATEWAY]
     if action == "clear":
+        # Every tier: `cleared_entries` is RAM's (as before tiers); `tiers` says, per tier, how
+        # many went or why it could not be cleared.
+        tiers = await gateway.flush_tiers()
         return web.json_response(
-            {"success": True, "action": action, "cleared_entries": gateway.flush_cache()}
+            {"success": True, "action": action, "cleared_entries": tiers["memory"], "tiers": tiers}
         )
     if action == "reset_stats":
         gateway.reset_stats()

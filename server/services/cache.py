@@ -136,9 +136,19 @@ class ResponseCache:
             self.counters.hits += 1
         return answer
 
-    def put(self, key: str, text: str, model: str, eval_count: int, **native: Any) -> bool:
+    def put(
+        self,
+        key: str,
+        text: str,
+        model: str,
+        eval_count: int,
+        *,
+        stored_at: float | None = None,
+        **native: Any,
+    ) -> bool:
         """Store a complete answer (`native`: CachedAnswer's thinking, tool_calls, done_reason,
-        prompt_eval_count, context); False when disabled or larger than the whole cache."""
+        prompt_eval_count, context); False when disabled or larger than the whole cache.
+        `stored_at` (time.monotonic()) keeps the age of an answer a lower tier gave back."""
         if not self.enabled:
             return False
         size = sys.getsizeof(key) + sys.getsizeof(text) + ENTRY_OVERHEAD
@@ -150,8 +160,38 @@ class ResponseCache:
         if size > self._store.maxsize:
             log.info("answer of %d bytes is larger than the whole cache; not stored", size)
             return False
-        self._store[key] = CachedAnswer(text, model, eval_count, time.monotonic(), size, **native)
+        stored_at = time.monotonic() if stored_at is None else stored_at
+        self._store[key] = CachedAnswer(text, model, eval_count, stored_at, size, **native)
         return True
+
+    def adopt(self, key: str, answer: CachedAnswer, *, missed: bool) -> CachedAnswer:
+        """Copy an answer found in a tier behind RAM into RAM, keeping its age (the TTL counts
+        from when it was generated). `missed`: this lookup was counted as a RAM miss; it is
+        recounted as a hit, so `hits` counts every answer the cache gave, whichever tier."""
+        if missed:
+            self.counters.misses -= 1
+            self.counters.hits += 1
+        self.put(
+            key,
+            answer.text,
+            answer.model,
+            answer.eval_count,
+            stored_at=answer.stored_at,
+            thinking=answer.thinking,
+            tool_calls=answer.tool_calls,
+            done_reason=answer.done_reason,
+            prompt_eval_count=answer.prompt_eval_count,
+            context=answer.context,
+        )
+        stored: CachedAnswer | None = self._store.get(key)
+        return stored or answer
+
+    def contains(self, key: str) -> bool:
+        """Whether RAM holds a live answer for the key; counts nothing."""
+        if not self.enabled:
+            return False
+        self._store.expire()
+        return key in self._store
 
     def clear(self) -> int:
         """Drop every entry; return how many there were."""

@@ -5,20 +5,31 @@ collects the answer and stores it in the cache when (and only when) Ollama said 
 Each client is a listener that first receives what was already produced, then the live rest,
 and while the generation waits, its position and ETA. When the last listener leaves, the task
 is cancelled, which closes the upstream request (or leaves the queue).
+
+With several Ollama hosts, the queue says which host runs it. If that host fails before the
+first piece of the answer (refused, a 5xx, a timeout, a broken stream), the generation waits for
+a slot on another host that has the model and starts again there, once; listeners see nothing
+of it but a longer wait. After the first piece, a failure ends the answer with the error: a
+second answer is never spliced onto the first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from server.errors import Cancelled, GatewayError, UpstreamError
+from server.errors import Cancelled, GatewayError, ModelNotFound, UpstreamError
+from server.json_checks import quote
+from server.services.hosts import HostPool, host_failed
 from server.services.ollama import OllamaClient
 from server.services.queue import GenerationQueue, QueueEntry, State
+
+log = logging.getLogger("chatbot.ollama")
 
 # A waiting client hears its position at least this often, even when it does not move.
 HEARTBEAT_S = 5.0
@@ -100,8 +111,10 @@ class Generation:
         path: str = "/api/chat",
         on_complete: Callable[[Answer], None] | None = None,
         on_finish: Callable[[Generation], None] | None = None,
+        hosts: HostPool | None = None,
     ) -> None:
         self.ollama = ollama
+        self.hosts = hosts
         self.queue = queue
         self.entry = entry
         self.payload = payload
@@ -144,17 +157,9 @@ class Generation:
         try:
             await self.queue.wait_turn(self.entry)
             began = time.monotonic()
-            async for chunk in self.ollama.chat_stream(self.payload, self.path):
-                piece = piece_of(chunk)
-                if piece is not None:
-                    if self.first_token_at is None:
-                        self.first_token_at = time.monotonic()
-                    self.pieces.append(piece)
-                if chunk.get("done"):
-                    self.final = chunk
-                    self.tokens = int(chunk.get("eval_count") or 0)
-                if piece is not None or self.final is not None:
-                    self.signal.fire()
+            while not await self._stream():
+                await self.queue.wait_turn(self.entry)  # a slot on another host
+                began = time.monotonic()
             generation_ms = (time.monotonic() - began) * 1000
             # Only here, after Ollama's done chunk, is the answer complete: failed, timed-out,
             # cancelled and abandoned generations never reach this line, so none is cached.
@@ -169,6 +174,43 @@ class Generation:
             raise
         finally:
             self._finalize(outcome, generation_ms)
+
+    async def _stream(self) -> bool:
+        """Stream the answer from the entry's host. False: that host failed before the first
+        piece and the entry is back in line for another one (see the module docstring)."""
+        host, client = self.entry.host, self.ollama
+        if self.hosts is not None:
+            model = str(self.payload.get("model", ""))
+            if host is None:
+                raise ModelNotFound(
+                    f"model {quote(model)} is not served by any Ollama host (the `models` "
+                    "lists of [[ollama.hosts]] leave it out)"
+                )
+            client = host.client
+        try:
+            async for chunk in client.chat_stream(self.payload, self.path):
+                piece = piece_of(chunk)
+                if piece is not None:
+                    if self.first_token_at is None:
+                        self.first_token_at = time.monotonic()
+                    self.pieces.append(piece)
+                if chunk.get("done"):
+                    self.final = chunk
+                    self.tokens = int(chunk.get("eval_count") or 0)
+                if piece is not None or self.final is not None:
+                    self.signal.fire()
+        except GatewayError as exc:
+            if self.hosts is None:
+                raise
+            self.hosts.note_failure(host, exc)
+            retry = not self.pieces and not self.entry.exclude and host_failed(exc)
+            if not (retry and self.queue.reroute(self.entry, host)):
+                raise
+            log.warning("%s: %s; trying another host", self.entry.label, exc.message)
+            return False
+        if self.hosts is not None:
+            self.hosts.note_success(host, model)
+        return True
 
     def _finalize(self, outcome: str, generation_ms: float | None = None) -> None:
         if self.finished:
@@ -205,7 +247,7 @@ class Generation:
                     position = self.entry.position
                     if position != last_position or now - last_told >= HEARTBEAT_S:
                         last_position, last_told = position, now
-                        yield Queued(position, self.queue.eta_ms(position))
+                        yield Queued(position, self.queue.eta_ms(position, self.entry.model))
                 while sent < len(self.pieces):
                     sent += 1
                     yield self.pieces[sent - 1]

@@ -60,6 +60,10 @@ class OllamaClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
+        self.open()
+
+    def open(self) -> None:
+        """Make the connection pool (needs a running loop; no I/O)."""
         if self._session is None:
             # No pool limit here: the queue decides how many generations run at once.
             self._session = aiohttp.ClientSession(
@@ -198,6 +202,11 @@ class OllamaClient:
 
     async def list_models(self) -> list[dict[str, Any]]:
         data = await self._get_json("/api/tags")
+        return list(data.get("models") or [])
+
+    async def list_running(self) -> list[dict[str, Any]]:
+        """The models loaded in memory now (GET /api/ps)."""
+        data = await self._get_json("/api/ps")
         return list(data.get("models") or [])
 
     async def probe(self) -> bool:

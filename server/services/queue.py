@@ -12,8 +12,17 @@ them, and a newcomer gets the next turn rather than a backlog's worth of credit.
 keys' names (or a trusted user header); without keys every request has the same owner and the
 line is first come, first served.
 
-ETA = position × recent average generation time ÷ max_concurrent, falling back to
-`estimated_time_per_request_ms` until a generation has been measured.
+ETA = position × recent average generation time ÷ capacity, falling back to
+`estimated_time_per_request_ms` until a generation has been measured. Capacity is
+`max_concurrent`, or with several Ollama hosts (a `Router`), the slots of the hosts that can
+serve the entry's model.
+
+Several hosts, one line: each host has its own slots, and an entry can run only on a host that
+can serve its model. When a slot frees, the line is walked in service order and each entry takes
+a free slot on a host that can serve it, if there is one; an entry whose hosts are all busy
+keeps its place and is skipped, so it never blocks a later entry that another host can serve
+now. Fairness holds where it matters: a later entry only ever gets a slot that no earlier entry
+could use at that moment.
 """
 
 from __future__ import annotations
@@ -25,8 +34,9 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from server.errors import QueueFull, TooManyRequests
 
@@ -34,6 +44,36 @@ log = logging.getLogger("chatbot.queue")
 
 # How many recent generations the average (and so the ETA) is taken over.
 _HISTORY = 20
+
+
+class Slots(Protocol):
+    """A place generations run: one Ollama host, with `running` of its slots taken."""
+
+    running: int
+
+
+class Router(Protocol):
+    """Where an entry for a model may run (server.services.hosts.HostPool)."""
+
+    def candidates(self, model: str, exclude: Sequence[Any] = ()) -> Sequence[Any]: ...
+
+    def pick(self, model: str, exclude: Sequence[Any] = ()) -> Any | None: ...
+
+    def capacity(self, model: str | None = None) -> int: ...
+
+
+@dataclass
+class _Single:
+    """The slots of the one Ollama of a queue without a router."""
+
+    running: int = 0
+
+
+class _Nowhere:
+    """No host may serve the model: the entry is let through at once, to fail."""
+
+
+NOWHERE = _Nowhere()
 
 
 class Priority(enum.IntEnum):
@@ -61,6 +101,11 @@ class QueueEntry:
     state: State = State.WAITING
     position: int = 0  # 1-based while waiting, 0 once it holds a slot
     on_change: Callable[[], None] | None = None
+    model: str = ""  # "" (a reservation not claimed yet): any host
+    # Where it runs once granted: a Host (with a router) or None when no host may serve the
+    # model at all (its user answers "model not found").
+    host: Any = None
+    exclude: list[Any] = field(default_factory=list)  # hosts that failed it
     _granted: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -87,7 +132,10 @@ class GenerationQueue:
         max_queue_size: int = 100,
         estimated_ms: float = 30000,
         aging_factor: float = 4.0,
+        router: Router | None = None,
     ) -> None:
+        self.router = router
+        self._single = _Single()
         self.max_concurrent = max_concurrent
         self.max_queue_size = max_queue_size
         self.estimated_ms = estimated_ms
@@ -114,8 +162,12 @@ class GenerationQueue:
     def avg_generation_ms(self) -> float:
         return sum(self._history) / len(self._history) if self._history else self.estimated_ms
 
-    def eta_ms(self, position: int) -> int:
-        return round(position * self.avg_generation_ms / self.max_concurrent)
+    def capacity(self, model: str | None = None) -> int:
+        """Generations that can run at once (for `model`: on the hosts that can serve it)."""
+        return self.max_concurrent if self.router is None else self.router.capacity(model)
+
+    def eta_ms(self, position: int, model: str | None = None) -> int:
+        return round(position * self.avg_generation_ms / self.capacity(model or None))
 
     def retry_after_s(self) -> int:
         """What a rejected client is told to wait: until the line is about one place shorter."""
@@ -131,13 +183,19 @@ class GenerationQueue:
         on_change: Callable[[], None] | None = None,
         owner: str = "",
         max_waiting: int = 0,
+        model: str = "",
     ) -> QueueEntry:
         """Take a place in line (or a slot at once); raise QueueFull when the line is full, or
         TooManyRequests when `owner` already has `max_waiting` (> 0) requests waiting."""
-        entry = QueueEntry(priority, label, next(self._seq), owner=owner, on_change=on_change)
-        if len(self._active) < self.max_concurrent and not self._waiting:
+        entry = QueueEntry(
+            priority, label, next(self._seq), owner=owner, on_change=on_change, model=model
+        )
+        # Nobody waiting could use a free slot (they would hold it already), so a newcomer that
+        # finds one for its model takes it without passing anyone.
+        slot = self._slot_for(entry)
+        if slot is not None:
             self._take_turn(entry)
-            self._grant(entry)
+            self._grant(entry, slot)
             return entry
         if max_waiting and sum(e.owner == owner for e in self._waiting) >= max_waiting:
             self.counters.rejected += 1
@@ -193,8 +251,48 @@ class GenerationQueue:
         if was is State.WAITING:
             self._waiting.remove(entry)
         else:
-            self._active.discard(entry)
+            self._free(entry)
         self._fill_slots()
+
+    def retarget(self, entry: QueueEntry, model: str) -> None:
+        """A reservation learns its model: if the host it holds cannot serve it, it moves."""
+        entry.model = model
+        if (
+            entry.state is State.ACTIVE
+            and self.router is not None
+            and entry.host not in self.router.candidates(model, entry.exclude)
+        ):
+            self._requeue(entry)
+        self._fill_slots()
+
+    def reroute(self, entry: QueueEntry, failed: Any) -> bool:
+        """The entry's host failed it: give that slot back and wait for one on another host
+        that can serve the model. False (nothing changed) when there is no such host."""
+        if self.router is None or entry.state is not State.ACTIVE:
+            return False
+        if not self.router.candidates(entry.model, [*entry.exclude, failed]):
+            return False
+        entry.exclude.append(failed)
+        self._requeue(entry)
+        self._fill_slots()
+        return True
+
+    def kick(self) -> None:
+        """Hosts changed (up, down, models): waiting entries may be able to start now."""
+        self._fill_slots()
+
+    def _requeue(self, entry: QueueEntry) -> None:
+        """An active entry goes back into line, ahead by its original turn and arrival."""
+        self._free(entry)
+        entry.state = State.WAITING
+        entry._granted = asyncio.Event()
+        self._waiting.append(entry)
+
+    def _free(self, entry: QueueEntry) -> None:
+        self._active.discard(entry)
+        if entry.host is not None:
+            entry.host.running -= 1
+            entry.host = None
 
     def configure(self, *, max_concurrent: int, max_queue_size: int, estimated_ms: float) -> None:
         """Take new limits at run time. Nobody waiting or running is dropped: more slots are
@@ -210,7 +308,22 @@ class GenerationQueue:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _grant(self, entry: QueueEntry) -> None:
+    def _slot_for(self, entry: QueueEntry) -> Slots | _Nowhere | None:
+        """A free slot the entry can take now, NOWHERE if no host can ever serve its model, or
+        None while they are all busy."""
+        if self.router is None:
+            return self._single if len(self._active) < self.max_concurrent else None
+        if not self.router.candidates(entry.model, entry.exclude):
+            return NOWHERE
+        found: Slots | None = self.router.pick(entry.model, entry.exclude)
+        return found
+
+    def _grant(self, entry: QueueEntry, slot: Slots | _Nowhere) -> None:
+        if isinstance(slot, _Nowhere):
+            entry.host = None
+        else:
+            entry.host = slot
+            slot.running += 1
         self._serving_turn = max(self._serving_turn, entry.turn)
         entry.state = State.ACTIVE
         entry.granted_at = time.monotonic()
@@ -224,8 +337,16 @@ class GenerationQueue:
 
     def _fill_slots(self) -> None:
         self._reorder()
-        while self._waiting and len(self._active) < self.max_concurrent:
-            self._grant(self._waiting.pop(0))
+        if self.router is None:
+            while self._waiting and len(self._active) < self.max_concurrent:
+                self._grant(self._waiting.pop(0), self._single)
+        else:
+            # In service order, each entry that can start somewhere now does (module docstring).
+            for entry in list(self._waiting):
+                slot = self._slot_for(entry)
+                if slot is not None:
+                    self._waiting.remove(entry)
+                    self._grant(entry, slot)
         self._reorder()
 
     def _reorder(self) -> None:
@@ -253,7 +374,7 @@ class GenerationQueue:
     def stats(self) -> dict[str, float | int]:
         c = self.counters
         return {
-            "max_concurrent": self.max_concurrent,
+            "max_concurrent": self.capacity(),
             "active": self.active,
             "waiting": self.waiting,
             "max_queue_size": self.max_queue_size,

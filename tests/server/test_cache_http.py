@@ -223,7 +223,12 @@ async def test_clear_and_reset_stats(server, sim, http):
     await ask(http, server, {"messages": user()})
     async with http.post(server.url + STATS, json={"action": "clear"}) as r:
         assert r.status == 200
-        assert await r.json() == {"success": True, "action": "clear", "cleared_entries": 1}
+        assert await r.json() == {
+            "success": True,
+            "action": "clear",
+            "cleared_entries": 1,
+            "tiers": {"memory": 1},  # no tier behind RAM in this configuration
+        }
     assert (await ask(http, server, {"messages": user()}))[0] == "MISS"
 
     async with http.post(server.url + STATS, json={"action": "reset_stats"}) as r:

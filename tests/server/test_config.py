@@ -80,6 +80,8 @@ def test_every_key_can_be_set_from_its_env_variable():
             value = "ci:batch:sha256:" + "ab" * 32
         elif key.check == "header":
             value = "X-OpenWebUI-User-Id"
+        elif key.check == "redis_url":
+            value = "redis://example.test:6379/0"
         elif key.choices:
             value = key.choices[-1]
         conf = cfg.load(None, env={key.env_name: value})
@@ -110,7 +112,8 @@ def test_every_key_can_be_set_from_its_env_variable():
         (
             "[cache]\nmax_sise_mb = 5",
             "[cache].max_sise_mb: unknown key (keys of [cache] are "
-            "enabled, max_size_mb, ttl_seconds, scope)",
+            "enabled, max_size_mb, ttl_seconds, scope, backend, disk_path, disk_max_size_mb, "
+            "redis_url)",
         ),
         ("[caches]\nenabled = true", "[caches]: unknown section"),
         ("port = 5", "[port]: unknown top-level key"),
