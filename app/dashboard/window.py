@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from PySide6.QtCore import QEvent, Qt, Signal
-from PySide6.QtGui import QCloseEvent, QFont, QPalette
+from PySide6.QtGui import QCloseEvent, QFont, QKeyEvent, QKeySequence, QPalette, QShortcut
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
@@ -31,7 +31,7 @@ from app.dashboard import formatting as fmt
 from app.dashboard.banner import StateBanner
 from app.dashboard.breakdown import Breakdown
 from app.dashboard.colors import BAD, GOOD
-from app.dashboard.log_tail import LogTail
+from app.dashboard.log_tail import LogView
 from app.dashboard.models_view import ModelsView
 from app.dashboard.queue_view import QueueView
 from app.dashboard.requests_model import ANONYMOUS, COLUMNS, RequestsModel
@@ -120,13 +120,15 @@ class DashboardWindow(QMainWindow):
         # The recent requests, the live queue and the per-model table share one place: at the
         # minimum size (880×600) there is no height for three tables at once.
         self.activity = QTabWidget()
-        self.log_tail = LogTail()
+        self.log_view = LogView()
+        self.log_tail = self.log_view.tail
         self.status_label = QLabel()
         self.status_label.setContentsMargins(8, 0, 0, 0)
         self.settings = SettingsPage()
         self.tabs = QTabWidget()
 
         self._build_layout()
+        self._add_shortcuts()
         self.set_state("starting", "Starting the server…")
 
     # -- construction -----------------------------------------------------------------------
@@ -186,7 +188,7 @@ class DashboardWindow(QMainWindow):
             2, "Requests, hit rate and generation time per model, and what Ollama has installed"
         )
         splitter.addWidget(self.activity)
-        splitter.addWidget(_section("Log", self.log_tail))
+        splitter.addWidget(_section("Log", self.log_view))
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 2)
 
@@ -339,6 +341,25 @@ class DashboardWindow(QMainWindow):
 
     # -- actions ----------------------------------------------------------------------------
 
+    def _add_shortcuts(self) -> None:
+        # Esc is handled in keyPressEvent, so a child using it (the log's find bar) goes first.
+        for keys, slot in (
+            ("Ctrl+W", self.close),  # hides (with a tray), or quits as the window's close does
+            ("Ctrl+Q", self._quit),
+            ("Ctrl+F", self.find_in_log),
+        ):
+            shortcut = QShortcut(QKeySequence(keys), self)
+            shortcut.activated.connect(slot)
+
+    def find_in_log(self) -> None:
+        self.tabs.setCurrentIndex(0)  # the Overview, where the log is
+        self.log_view.open_find()
+
+    def _quit(self) -> None:
+        log.info("quit requested from the dashboard (Ctrl+Q)")
+        # The companion quits on close_requested, as on the tray menu's Quit.
+        self.close_requested.emit()
+
     def _on_restart(self) -> None:
         log.info("restart requested from the dashboard")
         self.restart_requested.emit()
@@ -390,6 +411,14 @@ class DashboardWindow(QMainWindow):
             # Ignore and hide, so Qt never sees a "last window closed" while the tray lives on.
             event.ignore()
             self.hide()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        # Esc hides the window when the tray lives on; without a tray the window is the app,
+        # and a stray Esc must not quit it (Ctrl+W and the close button still do).
+        if event.key() == Qt.Key.Key_Escape and not self._close_quits:
+            self.close()
+            return
+        super().keyPressEvent(event)
 
     def changeEvent(self, event: QEvent) -> None:
         if event.type() == QEvent.Type.PaletteChange:
