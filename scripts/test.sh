@@ -16,6 +16,8 @@ command -v chromium >/dev/null || apt_install chromium
 # ... and Debian's Firefox ESR over WebDriver BiDi, which it serves itself: no driver
 # (tests/server/test_web_dashboard_firefox.py).
 command -v firefox-esr >/dev/null || apt_install firefox-esr
+# A real Redis for the shared cache tier's tests (tests/server/test_cache_tiers.py).
+command -v redis-server >/dev/null || apt_install redis-server
 (cd tests/js && npm ci --no-audit --no-fund --silent)
 # desktop-file-validate checks the desktop entry (tests/server/test_packaging_files.py).
 command -v desktop-file-validate >/dev/null || apt_install desktop-file-utils || true
