@@ -185,6 +185,12 @@ class Controller(QObject):
         auth = self.gateway.config.auth
         snap["named_users"] = bool(self.gateway.keys) or bool(auth.user_header)
         snap["ollama_models"] = self._models
+        # Average generation time per model, in ms (models that ran none are left out).
+        snap["model_generation_ms"] = {
+            model: round(total / runs)
+            for model, (runs, total) in self.gateway.generation_by_model.items()
+            if runs
+        }
         # Rows come in the order requests finished, so they show when they finished.
         snap["recent"] = [
             {**dataclasses.asdict(r), "time": r.started + r.total_ms / 1000}

@@ -118,6 +118,9 @@ class Gateway:
         self.by_endpoint: dict[str, dict[str, int]] = {}
         self.by_model: dict[str, dict[str, int]] = {}
         self.by_user: dict[str, dict[str, int]] = {}
+        # Per model: (generations run to the end, their total ms), for the desktop dashboard;
+        # kept apart from by_model, whose shape /api/cache-stats documents.
+        self.generation_by_model: dict[str, tuple[int, int]] = {}
         # The endpoint and model of each request that may wait in line, for the queue tables;
         # weak, so a forgotten ticket takes its entry with it.
         self._about: weakref.WeakKeyDictionary[Ticket, tuple[str, str]] = (
@@ -452,11 +455,9 @@ class Gateway:
         if not record.cached and record.status == "ok" and outcome in (None, "miss"):
             # Generation time per model: the request that ran the generation, less its wait in
             # line (a coalesced listener joined midway, so its time says less).
-            counts = self.by_model[model]
-            counts["generations"] = counts.get("generations", 0) + 1
-            counts["generation_ms"] = counts.get("generation_ms", 0) + max(
-                0, record.total_ms - record.queue_ms
-            )
+            runs, total = self.generation_by_model.get(model, (0, 0))
+            spent = max(0, record.total_ms - record.queue_ms)
+            self.generation_by_model[model] = (runs + 1, total + spent)
         if self.metrics is not None:
             outcome = outcome or ("hit" if record.cached else "miss")
             self.metrics.observe(record, model, outcome, prompt_tokens)
@@ -654,6 +655,7 @@ class Gateway:
         self.by_endpoint.clear()
         self.by_model.clear()
         self.by_user.clear()
+        self.generation_by_model.clear()
         self.bulk_processor.batches = self.bulk_processor.items = 0
         self.ollama.counters = OllamaCounters()
 

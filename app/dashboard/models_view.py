@@ -36,10 +36,12 @@ def make_rows(
     counts: Mapping[str, Any] | None,
     ollama: Mapping[str, Any] | None,
     configured: str = "",
+    generation_ms: Mapping[str, Any] | None = None,
 ) -> list[Row]:
     """Rows from the snapshot's per-model counts and the controller's `ollama_models`: the
     busiest first, then the models Ollama has and the configured one that saw no requests, by
-    name; the gateway's bucket for names past the first 50 last."""
+    name; the gateway's bucket for names past the first 50 last. `generation_ms` is the
+    average generation time per model."""
     counts = counts or {}
     installed = _names((ollama or {}).get("installed"))
     loaded = _names((ollama or {}).get("loaded"))
@@ -52,10 +54,7 @@ def make_rows(
     ranked += [s for s in shares(counts) if s.name == OTHER]
     rows = []
     for share in ranked:
-        figures = counts.get(share.name)
-        figures = figures if isinstance(figures, Mapping) else {}
-        generations = int(figures.get("generations") or 0)
-        gen_ms = int(figures.get("generation_ms") or 0) / generations if generations else None
+        gen_ms = (generation_ms or {}).get(share.name)
         other = share.name == OTHER
         name = "models past the first 50" if other else share.name
         has = UNKNOWN if installed is None else "yes" if share.name in installed else "no"
@@ -66,7 +65,7 @@ def make_rows(
             name,
             f"{share.requests:,}",
             fmt.percent(share.hits / share.requests) if share.requests else fmt.DASH,
-            fmt.millis(gen_ms),
+            fmt.millis(float(gen_ms)) if isinstance(gen_ms, int | float) else fmt.DASH,
             has,
             up,
         )
@@ -108,12 +107,15 @@ class ModelsView(QTableView):
         for col, name in enumerate(COLUMNS[1:], start=1):
             header.resizeSection(col, metrics.horizontalAdvance(name) + 28)
 
-    def set_models(self, counts: Any, ollama: Any, configured: Any = "") -> None:
+    def set_models(
+        self, counts: Any, ollama: Any, configured: Any = "", generation_ms: Any = None
+    ) -> None:
         self.table_model.sync(
             make_rows(
                 counts if isinstance(counts, Mapping) else None,
                 ollama if isinstance(ollama, Mapping) else None,
                 configured if isinstance(configured, str) else "",
+                generation_ms if isinstance(generation_ms, Mapping) else None,
             )
         )
 

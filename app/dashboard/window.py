@@ -258,7 +258,10 @@ class DashboardWindow(QMainWindow):
         self._render_recent(snap.get("recent") or [])
         self._render_queue(snap)
         self.models_view.set_models(
-            snap.get("models"), snap.get("ollama_models"), ollama.get("model")
+            snap.get("models"),
+            snap.get("ollama_models"),
+            ollama.get("model"),
+            snap.get("model_generation_ms"),
         )
         self._render_status(snap, queue, ollama)
 
