@@ -18,6 +18,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from app.chart_history import ChartHistory, chart_values
 from server.config import Config
 from server.gateway import Gateway
 from server.lifecycle import PortInUse, ServerHost
@@ -64,6 +65,8 @@ class Controller(QObject):
         self._rates: deque[tuple[float, int]] = deque()
         self._lookups: deque[tuple[float, int, int]] = deque()  # (time, hits, misses)
         self._recent_hit_rate: float | None = None
+        # What the dashboard's charts plot: 5 min, 1 h and since start, bounded.
+        self.history = ChartHistory()
         self._ollama_up: bool | None = None
         self._last_notice: dict[str, float] = {}
         self._busy: asyncio.Task[None] | None = None
@@ -222,8 +225,15 @@ class Controller(QObject):
             return float(cache["hit_rate"])
         return round(self._recent_hit_rate, 4)
 
+    def record_history(self, snap: dict[str, Any], now: float) -> None:
+        """Add the snapshot's chart values at `now` (monotonic seconds) to the history, and
+        hand the history on with the snapshot (the object, not a copy: the charts read it)."""
+        self.history.add(now, chart_values(snap))
+        snap["history"] = self.history
+
     def tick(self) -> None:
         snap = self.snapshot()
+        self.record_history(snap, time.monotonic())
         self._watch_ollama(bool(snap["ollama"]["reachable"]))
         self.snapshot_ready.emit(snap)
 

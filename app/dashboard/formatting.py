@@ -61,3 +61,11 @@ def duration(seconds: float) -> str:
         return f"{hours} h {minutes:02d} min"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h"
+
+
+def span(seconds: float) -> str:
+    """A chart's time span: '5 min', '1 h', '2 h 05 min', '45 s'."""
+    s = int(seconds)
+    if s >= 3600 and s % 3600 < 60:
+        return f"{s // 3600} h"
+    return duration(s)

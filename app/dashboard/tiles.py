@@ -18,6 +18,8 @@ class Tile(QWidget):
     def __init__(self, title: str, tooltip: str = "", parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._tooltip = tooltip
+        self._description = tooltip
+        self._sub_elide = Qt.TextElideMode.ElideRight
         self._tone: str | None = None
         self._value_full = "—"
         self._sub_full = " "
@@ -53,14 +55,24 @@ class Tile(QWidget):
         self.setMinimumWidth(120)
         self._fit()
 
-    def set_values(self, value: str, sub: str = " ", tone: str | None = None) -> None:
-        """Show `value` (tinted with colour `tone` if given) and the sub-line `sub`."""
-        if (value, sub) != (self._value_full, self._sub_full):
-            self._value_full, self._sub_full = value, sub
+    def set_values(
+        self, value: str, sub: str = " ", tone: str | None = None, *, detail: str = ""
+    ) -> None:
+        """Show `value` (tinted with colour `tone` if given) and the sub-line `sub`; `detail`
+        goes first in the tooltip (e.g. a full URL), before the tile's description."""
+        tooltip = f"{detail}\n\n{self._description}" if detail else self._description
+        if (value, sub, tooltip) != (self._value_full, self._sub_full, self._tooltip):
+            self._value_full, self._sub_full, self._tooltip = value, sub, tooltip
             self._fit()
         if tone != self._tone:
             self._tone = tone
             self._apply_tone()
+
+    def keep_sub_tail(self) -> None:
+        """Elide a too-long sub-line "a · b" in `a` first and keep its last part (a URL) whole;
+        if even that is too wide, elide it in the middle, keeping scheme, host start and port."""
+        self._sub_elide = Qt.TextElideMode.ElideMiddle
+        self._fit()
 
     def value_text(self) -> str:
         return self._value_full
@@ -77,9 +89,7 @@ class Tile(QWidget):
             font.setPointSizeF(max(base, font.pointSizeF() * width / needed))
         metrics = QFontMetrics(font)
         value = metrics.elidedText(self._value_full, Qt.TextElideMode.ElideRight, max(width, 0))
-        sub = QFontMetrics(self._sub.font()).elidedText(
-            self._sub_full, Qt.TextElideMode.ElideRight, max(width, 0)
-        )
+        sub = self._elide_sub(QFontMetrics(self._sub.font()), max(width, 0))
         if self._value.font() != font:
             self._value.setFont(font)
         self._value.setText(value)
@@ -87,6 +97,20 @@ class Tile(QWidget):
         clipped = value != self._value_full or sub != self._sub_full
         full = f"{self._value_full}\n{self._sub_full}".strip()
         self.setToolTip(f"{full}\n\n{self._tooltip}" if clipped else self._tooltip)
+
+    def _elide_sub(self, metrics: QFontMetrics, width: int) -> str:
+        text = self._sub_full
+        right = Qt.TextElideMode.ElideRight
+        if (
+            self._sub_elide != Qt.TextElideMode.ElideMiddle
+            or metrics.horizontalAdvance(text) <= width
+        ):
+            return metrics.elidedText(text, right, width)
+        head, sep, tail = text.rpartition(" · ")
+        tail_width = metrics.horizontalAdvance(sep + tail)
+        if head and tail_width < width * 0.8:
+            return metrics.elidedText(head, right, width - tail_width) + sep + tail
+        return metrics.elidedText(tail or text, Qt.TextElideMode.ElideMiddle, width)
 
     def _apply_tone(self) -> None:
         palette = self.palette()

@@ -28,14 +28,14 @@ from PySide6.QtWidgets import (
 )
 
 from app.dashboard import formatting as fmt
-from app.dashboard.banner import StateBanner
+from app.dashboard.banner import StateBanner, restart_news_over
 from app.dashboard.breakdown import Breakdown
+from app.dashboard.charts import ChartPanel
 from app.dashboard.colors import BAD, GOOD
 from app.dashboard.log_tail import LogView
 from app.dashboard.models_view import ModelsView
 from app.dashboard.queue_view import QueueView
 from app.dashboard.requests_model import ANONYMOUS, COLUMNS, RequestsModel
-from app.dashboard.sparkline import Sparkline
 from app.dashboard.tiles import Tile
 from app.settings import SettingsPage
 
@@ -106,11 +106,9 @@ class DashboardWindow(QMainWindow):
         self.tiles: dict[str, Tile] = {key: Tile(*spec) for key, spec in TILES.items()}
         self.breakdown = Breakdown()
         self._render_users(None)  # until a snapshot names someone
-        self.charts: dict[str, Sparkline] = {
-            "hit_rate": Sparkline("Hit rate, last minute", fmt.percent, fixed_range=(0.0, 1.0)),
-            "queue": Sparkline("Queue depth", lambda v: f"{v:,.0f}", floor=0.0, min_span=4.0),
-            "memory": Sparkline("Memory", lambda v: f"{fmt.megabytes(v)} MB", min_span=16.0),
-        }
+        # The charts and their range picker; what they plot is the controller's history.
+        self.chart_panel = ChartPanel()
+        self.charts = self.chart_panel.charts
         self.requests_model = RequestsModel()
         self.requests_model.set_palette(self.palette())
         self.requests_table = self._make_table()
@@ -129,6 +127,7 @@ class DashboardWindow(QMainWindow):
 
         self._build_layout()
         self._add_shortcuts()
+        self.tiles["ollama"].keep_sub_tail()  # the URL, whole where it fits
         self.set_state("starting", "Starting the server…")
 
     # -- construction -----------------------------------------------------------------------
@@ -171,12 +170,6 @@ class DashboardWindow(QMainWindow):
         for tile in self.tiles.values():
             tiles.addWidget(tile)
 
-        charts = QHBoxLayout()
-        charts.setSpacing(8)
-        for chart in self.charts.values():
-            chart.setMaximumHeight(160)
-            charts.addWidget(chart)
-
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.setChildrenCollapsible(False)
         self.activity.setDocumentMode(True)
@@ -199,7 +192,7 @@ class DashboardWindow(QMainWindow):
         layout.addLayout(top)
         layout.addLayout(tiles)
         layout.addWidget(self.breakdown)
-        layout.addLayout(charts, 1)
+        layout.addWidget(self.chart_panel, 1)
         layout.addWidget(splitter, 4)
         self.tabs.setDocumentMode(True)
         self.tabs.addTab(overview, "Overview")
@@ -251,10 +244,7 @@ class DashboardWindow(QMainWindow):
         self.breakdown.set_counts("models", snap.get("models"))
         self._render_users(snap.get("users"))
 
-        # The controller's rate over the last minute; the tile keeps the rate since start.
-        self.charts["hit_rate"].add(float(snap.get("hit_rate_recent", hit_rate)))
-        self.charts["queue"].add(waiting + active)
-        self.charts["memory"].add(rss)
+        self.chart_panel.update_snapshot(snap)
         self._render_recent(snap.get("recent") or [])
         self._render_queue(snap)
         self.models_view.set_models(
@@ -266,7 +256,13 @@ class DashboardWindow(QMainWindow):
         self._render_status(snap, queue, ollama)
 
     def set_state(self, state: str, message: str) -> None:
+        was_starting = self.banner.state() == "starting"
         self.banner.set_state(state, message)
+        if was_starting and state != "starting":
+            # A "Restarting the server…" left by a save is over now: say how it ended.
+            status = restart_news_over(self.settings.status_text(), state, message)
+            if status is not None:
+                self.settings.set_status(status, "error" if state == "failed" else "ok")
         self.flush_button.setEnabled(state in FLUSHABLE_STATES)
         self.restart_button.setEnabled(state != "starting")
 
@@ -283,14 +279,15 @@ class DashboardWindow(QMainWindow):
 
     def _render_ollama(self, ollama: Mapping[str, Any]) -> None:
         model = str(ollama.get("model") or "no model")
+        full_url = f"Ollama at {ollama['url']}" if ollama.get("url") else ""
         if ollama.get("reachable"):
             latency = ollama.get("latency_ms")
             sub = f"{model} · {fmt.millis(latency)} ms" if latency is not None else model
-            self.tiles["ollama"].set_values("reachable", sub, GOOD)
+            self.tiles["ollama"].set_values("reachable", sub, GOOD, detail=full_url)
         else:
             url = str(ollama.get("url", "")).removeprefix("http://").removeprefix("https://")
             self.tiles["ollama"].set_values(
-                "unreachable", f"{model} · {url}" if url else model, BAD
+                "unreachable", f"{model} · {url}" if url else model, BAD, detail=full_url
             )
 
     def _render_users(self, users: Any) -> None:
@@ -331,7 +328,10 @@ class DashboardWindow(QMainWindow):
         parts.append(
             f"{queue.get('rejected', 0):,} rejected, {queue.get('cancelled', 0):,} cancelled"
         )
-        if ollama.get("version"):
+        # The version is the last one Ollama told: shown only while it answers.
+        if not ollama.get("reachable"):
+            parts.append("Ollama unreachable")
+        elif ollama.get("version"):
             parts.append(f"Ollama {ollama['version']}")
         text = "  ·  ".join(parts)
         if self.status_label.text() != text:
