@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +23,15 @@ import psutil
 import pytest
 from PySide6.QtGui import QImage
 
+from app.qt_env import gdk_without_gl
 from tests.conftest import ROOT, free_port, wait_json
 
 LIMIT_MB = 150
 TITLE = "Chatbot Companion"
 TOOLS = ("Xvfb", "trayer", "xwininfo", "import")  # Debian: xvfb trayer x11-utils imagemagick
 
-pytestmark = [
+# The memory test's needs (the unit test below has none).
+NEEDS_X_AND_GTK = [
     pytest.mark.skipif(sys.platform != "linux", reason="X11 and GTK: Linux only"),
     pytest.mark.skipif(
         not all(shutil.which(t) for t in TOOLS),
@@ -158,6 +160,13 @@ def window_lightness(env: dict[str, str], window: str) -> float:
     return sum(values) / len(values)
 
 
+def needs_x_and_gtk(test: Callable[..., None]) -> Callable[..., None]:
+    for mark in NEEDS_X_AND_GTK:
+        test = mark(test)
+    return test
+
+
+@needs_x_and_gtk
 @pytest.mark.parametrize(
     ("gtk_theme", "dark"), [("Adwaita:dark", True), ("Adwaita", False)], ids=["dark", "light"]
 )
@@ -202,3 +211,16 @@ def test_dashboard_open_under_the_gtk_theme_stays_under_150_mb(
             app.kill()
             raise
     assert app.returncode == 0, err
+
+
+def test_gdk_gl_is_off_only_while_qt_starts_and_a_users_own_value_wins(monkeypatch):
+    """Programs the app opens later (an editor for the config file) get the user's environment,
+    and a user who set GDK_GL keeps it."""
+    monkeypatch.delenv("GDK_GL", raising=False)
+    with gdk_without_gl():
+        assert os.environ["GDK_GL"] == "disable"
+    assert "GDK_GL" not in os.environ
+    monkeypatch.setenv("GDK_GL", "always")
+    with gdk_without_gl():
+        assert os.environ["GDK_GL"] == "always"
+    assert os.environ["GDK_GL"] == "always"
