@@ -39,7 +39,8 @@ KINDS = (
         "models",
         "Models",
         "Requests per model since the server started, busiest first, and the "
-        "share answered from the cache",
+        "share answered from the cache (the Models tab below adds each model's generation "
+        "time and whether Ollama has it installed and loaded)",
         other="models past the first 50",
     ),
     Kind(
