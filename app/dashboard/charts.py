@@ -46,6 +46,10 @@ class RangePicker(QWidget):
         self.buttons[DEFAULT_RANGE].setChecked(True)
 
     def _on_toggled(self, key: str, on: bool) -> None:
+        # Bold as well as pressed: some themes draw a checked tool button barely differently.
+        font = self.buttons[key].font()
+        font.setBold(on)
+        self.buttons[key].setFont(font)
         if on:
             self.changed.emit(key)
 
