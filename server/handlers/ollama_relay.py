@@ -1,6 +1,7 @@
 """The rest of Ollama's own API, relayed as Ollama answers it: liveness and metadata at once
 (they never wait in the queue), model management streamed through (progress lines as they
-come, uploads passed on piece by piece and never held whole)."""
+come, uploads passed on piece by piece and never held whole). Which of several hosts a call
+goes to, and how their answers are merged, is host_fanout's rule."""
 
 from __future__ import annotations
 
@@ -17,8 +18,22 @@ from aiohttp import web
 from server.errors import GatewayError, RequestTimeout
 from server.gateway import Gateway
 from server.handlers.body import read_json
+from server.handlers.host_fanout import (
+    ProgressFanOut,
+    holding,
+    json_answer,
+    management_targets,
+    named_host,
+    no_target,
+    reachable,
+    union_ps,
+    union_tags,
+    whole_on_each,
+)
 from server.handlers.native import NDJSON, error_text, native_errors
 from server.keys import ACTIVE_STREAMS, GATEWAY
+from server.services.hosts import Host
+from server.services.ollama import OllamaClient
 
 log = logging.getLogger("chatbot.ollama")
 Relayed = AsyncGenerator[tuple[int, str] | bytes, None]
@@ -39,34 +54,46 @@ _MAX_NAME_LOGGED = 200
 @routes.head("/")
 @native_errors
 async def root(request: web.Request) -> web.StreamResponse:
-    return await _whole(request, request.method, "/")
+    return await _whole(_one_host(request), request.method, "/")
 
 
 @routes.get("/api/version")
 @routes.head("/api/version")
 @native_errors
 async def version(request: web.Request) -> web.StreamResponse:
-    return await _whole(request, request.method, "/api/version")
+    return await _whole(_one_host(request), request.method, "/api/version")
 
 
 @routes.get("/api/tags")
 @routes.head("/api/tags")
 @native_errors
 async def tags(request: web.Request) -> web.StreamResponse:
-    return await _whole(request, request.method, "/api/tags")
+    gateway = request.app[GATEWAY]
+    host = named_host(request, gateway.hosts)
+    if host is None and len(gateway.hosts.hosts) > 1:
+        return json_answer({"models": await union_tags(gateway)})
+    return await _whole(host or gateway.hosts.hosts[0], request.method, "/api/tags")
 
 
 @routes.get("/api/ps")
 @native_errors
 async def ps(request: web.Request) -> web.StreamResponse:
-    return await _whole(request, "GET", "/api/ps")
+    gateway = request.app[GATEWAY]
+    host = named_host(request, gateway.hosts)
+    if host is None and len(gateway.hosts.hosts) > 1:
+        return json_answer({"models": await union_ps(gateway)})
+    return await _whole(host or gateway.hosts.hosts[0], "GET", "/api/ps")
 
 
 @routes.post("/api/show")
 @native_errors
 async def show(request: web.Request) -> web.StreamResponse:
     # `model`, or the legacy `name` that Continue still sends: Ollama takes both.
-    return await _whole(request, "POST", "/api/show", await read_json(request))
+    body = await read_json(request)
+    host = named_host(request, request.app[GATEWAY].hosts)
+    if host is None:
+        host = holding(request.app[GATEWAY].hosts, _model_of(body))[0]
+    return await _whole(host, "POST", "/api/show", body)
 
 
 # -- model management -----------------------------------------------------------------------------
@@ -95,11 +122,8 @@ async def create(request: web.Request) -> web.StreamResponse:
 async def copy(request: web.Request) -> web.StreamResponse:
     _check_management(request)
     body = await read_json(request)
-    resp = await _whole(request, "POST", "/api/copy", body)
-    if resp.status == 200:
-        source, destination = _field(body, "source"), _field(body, "destination")
-        await _models_changed(request.app[GATEWAY], "copy", f"{source} -> {destination}")
-    return resp
+    what = f"{_field(body, 'source')} -> {_field(body, 'destination')}"
+    return await _on_each(request, "copy", "POST", "/api/copy", body, what)
 
 
 @routes.delete("/api/delete")
@@ -107,17 +131,14 @@ async def copy(request: web.Request) -> web.StreamResponse:
 async def delete(request: web.Request) -> web.StreamResponse:
     _check_management(request)
     body = await read_json(request)
-    resp = await _whole(request, "DELETE", "/api/delete", body)
-    if resp.status == 200:
-        await _models_changed(request.app[GATEWAY], "delete", _model_of(body))
-    return resp
+    return await _on_each(request, "delete", "DELETE", "/api/delete", body, _model_of(body))
 
 
 @routes.head("/api/blobs/{digest}")
 @native_errors
 async def blob_exists(request: web.Request) -> web.StreamResponse:
     _check_management(request)
-    return await _whole(request, "HEAD", _blob_path(request))
+    return await _whole(_one_host(request), "HEAD", _blob_path(request))
 
 
 @routes.post("/api/blobs/{digest}")
@@ -130,7 +151,8 @@ async def blob_upload(request: web.Request) -> web.StreamResponse:
     upload = _Upload(request, gateway.config.server.body_timeout_seconds)
     answer = bytearray()
     try:
-        async with _relayed(gateway, "POST", _blob_path(request), data=upload.pieces()) as relayed:
+        client = _one_host(request).client
+        async with _relayed(client, "POST", _blob_path(request), data=upload.pieces()) as relayed:
             head = await anext(relayed)
             async for piece in relayed:
                 if isinstance(piece, bytes):
@@ -146,20 +168,54 @@ async def blob_upload(request: web.Request) -> web.StreamResponse:
 # -- relaying ---------------------------------------------------------------------------------
 
 
-async def _whole(
-    request: web.Request, method: str, path: str, json_body: Any = None
-) -> web.Response:
+def _one_host(request: web.Request) -> Host:
+    """The host named by X-Ollama-Host, else the first one not down: for calls about no model
+    (liveness, version, blobs: a create with uploaded files goes to this host too)."""
+    pool = request.app[GATEWAY].hosts
+    return named_host(request, pool) or reachable(pool)[0]
+
+
+def _targets(request: web.Request, action: str, body: Any) -> list[Host]:
+    """Where a management call goes: the named host; the one host; or host_fanout's rule."""
+    pool = request.app[GATEWAY].hosts
+    host = named_host(request, pool)
+    if host is not None:
+        return [host]
+    if len(pool.hosts) == 1:
+        return list(pool.hosts)
+    targets = management_targets(pool, action, body)
+    if not targets:
+        raise no_target(action, body)
+    return targets
+
+
+async def _whole(host: Host, method: str, path: str, json_body: Any = None) -> web.Response:
     """One small answer, relayed with Ollama's status, Content-Type and body."""
-    status, content_type, data = await request.app[GATEWAY].ollama.send(
-        method, path, json_body=json_body
-    )
+    status, content_type, data = await host.client.send(method, path, json_body=json_body)
     return _response(status, content_type, data)
 
 
-def _relayed(gateway: Gateway, method: str, path: str, **kw: Any) -> contextlib.aclosing[Relayed]:
+async def _on_each(
+    request: web.Request, action: str, method: str, path: str, body: Any, what: str
+) -> web.Response:
+    """copy and delete: on the one target as it answers, or on several merged."""
+    gateway = request.app[GATEWAY]
+    targets = _targets(request, action, body)
+    if len(targets) == 1:
+        resp = await _whole(targets[0], method, path, body)
+        done = targets if resp.status == 200 else []
+    else:
+        resp, done = await whole_on_each(targets, action, method, path, body)
+    await _models_changed(gateway, action, what, done)
+    return resp
+
+
+def _relayed(
+    client: OllamaClient, method: str, path: str, **kw: Any
+) -> contextlib.aclosing[Relayed]:
     """Ollama's answer as it comes; leaving the block early closes the upstream request (a
     client that went away stops its pull)."""
-    return contextlib.aclosing(cast(Relayed, gateway.ollama.relay(method, path, **kw)))
+    return contextlib.aclosing(cast(Relayed, client.relay(method, path, **kw)))
 
 
 def _response(status: int, content_type: str, data: bytes) -> web.Response:
@@ -176,20 +232,28 @@ async def _progress(
     _check_management(request)
     gateway = request.app[GATEWAY]
     body = await read_json(request)
-    relay = _ProgressRelay(request)
+    targets = _targets(request, action, body)
     active = request.app[ACTIVE_STREAMS]
     current = asyncio.current_task()
     if current is not None:
         # A restart lets it finish for the drain time, as with chat streams.
         active.add(current)
     try:
-        async with _relayed(gateway, "POST", f"/api/{action}", json_body=body) as relayed:
+        if len(targets) > 1:
+            fan = ProgressFanOut(request, action, body)
+            await fan.run(targets)
+            if changes_models:
+                await _models_changed(gateway, action, _model_of(body), fan.done)
+            return await fan.finish()
+        relay = _ProgressRelay(request)
+        path = f"/api/{action}"
+        async with _relayed(targets[0].client, "POST", path, json_body=body) as relayed:
             await relay.run(relayed)
     finally:
         if current is not None:
             active.discard(current)
     if changes_models and relay.succeeded:
-        await _models_changed(gateway, action, _model_of(body))
+        await _models_changed(gateway, action, _model_of(body), targets)
     await relay.finish()
     return relay.resp
 
@@ -341,7 +405,13 @@ def _model_of(body: Any) -> str:
     return _field(body, "name" if named else "model")
 
 
-async def _models_changed(gateway: Gateway, action: str, model: str) -> None:
-    """Ollama's models changed through us: what the gateway knows of Ollama is refreshed."""
-    log.info("models changed: %s %s", action, model)
-    await gateway.ollama.probe()
+async def _models_changed(gateway: Gateway, action: str, model: str, hosts: list[Host]) -> None:
+    """Models changed through us: each host that changed is re-read (its tags and ps) before
+    the client hears the end, so the next request is routed by what is there now."""
+    if not hosts:
+        return
+    if len(gateway.hosts.hosts) > 1:
+        log.info("models changed: %s %s on %s", action, model, ", ".join(h.url for h in hosts))
+    else:
+        log.info("models changed: %s %s", action, model)
+    await asyncio.gather(*(gateway.hosts.refresh(h) for h in hosts))

@@ -30,6 +30,7 @@ from server.gateway import SERVER_RESTART, Gateway, Interruption
 from server.handlers.body import read_json
 from server.handlers.caller import as_caller, caller
 from server.handlers.embed import embed_inputs, record
+from server.handlers.host_fanout import union_tags
 from server.handlers.native import REPLAY_WRITE_BYTES, parse_native, request_id
 from server.json_checks import lone_surrogate_path
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
@@ -627,7 +628,8 @@ def _encode(vector: list[float], encoding: str) -> list[float] | str:
 @routes.get("/v1/models")
 @openai_errors
 async def models(request: web.Request) -> web.Response:
-    tags = await request.app[GATEWAY].ollama.list_models()
+    # Every host's models, once each (host_fanout's rule says whose details win).
+    tags = await union_tags(request.app[GATEWAY])
     return web.json_response({"object": "list", "data": [_model(m) for m in tags]})
 
 
@@ -635,7 +637,7 @@ async def models(request: web.Request) -> web.Response:
 @openai_errors
 async def model(request: web.Request) -> web.Response:
     name = request.match_info["model"]
-    tags = await request.app[GATEWAY].ollama.list_models()
+    tags = await union_tags(request.app[GATEWAY])
     wanted = {name, f"{name}:latest"}
     for entry in tags:
         if entry.get("name") in wanted or entry.get("model") in wanted:
