@@ -1,6 +1,7 @@
 """GET /dashboard (the page and its files, no build step) and GET /api/dashboard/feed (SSE).
 
-The feed sends the snapshot the tray dashboard reads, once a second, while the page is open.
+The feed sends the snapshot the tray dashboard reads, once a second, while the page is open,
+with each Ollama host's state, load and models.
 With API keys, a non-admin key sees only its own requests (queue and recent rows, per-user
 figures), as it may only see and cancel its own tickets through /api/chat-queue.
 """
@@ -77,6 +78,9 @@ def feed_frame(gateway: Gateway, who: Identity) -> dict[str, Any]:
     snap["recent"] = recent[-50:]
     snap["queue_entries"] = queue
     snap["viewer"] = {"name": who.name, "admin": who.admin or not gateway.keys}
+    # Each Ollama host: url, state (and last error), running of max_concurrent, models
+    # installed and loaded. Shown to every viewer, as the single Ollama's URL always was.
+    snap.setdefault("hosts", gateway.hosts.as_list())
     return snap
 
 

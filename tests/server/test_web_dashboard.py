@@ -303,3 +303,57 @@ async def test_the_page_asks_for_a_key_and_shows_what_that_key_may_see(start_ser
     await page.locator("#chat-meta .badge").wait_for()
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= 390
+
+
+# -- Ollama hosts
+
+
+async def _two_hosts_one_failing(start_sim, start_server) -> tuple[Server, list[Any]]:
+    """Two hosts, the second told to fail (a 503 on every call) and re-read: it is down."""
+    sims = [await start_sim(models=("llama3.2", "qwen3:4b")), await start_sim(models=("phi3",))]
+    server = await start_server(
+        ollama__hosts=[{"url": sims[0].url, "max_concurrent": 3}, {"url": sims[1].url}]
+    )
+    async with aiohttp.ClientSession() as http:
+        fault = {"mode": "error", "status": 503}
+        async with http.post(f"{sims[1].url}/simulator/fault", json=fault) as r:
+            assert r.status == 200
+    await server.gateway.hosts.refresh()
+    return server, sims
+
+
+async def test_the_feed_shows_each_host_its_state_load_and_models(start_sim, start_server, http):
+    server, sims = await _two_hosts_one_failing(start_sim, start_server)
+    hosts = (await feed_frames(http, server.url, 1))[0]["hosts"]
+    assert [h["url"] for h in hosts] == [sims[0].url, sims[1].url]
+    up, down = hosts
+    assert (up["state"], up["running"], up["max_concurrent"]) == ("up", 0, 3)
+    assert up["models"] == ["llama3.2:latest", "qwen3:4b"]
+    assert down["state"] == "down" and "503" in down["last_error"]
+
+
+async def test_the_page_shows_each_host(start_sim, start_server, browser):
+    server, sims = await _two_hosts_one_failing(start_sim, start_server)
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(server.url + "/dashboard")
+    up = page.locator(f'#hosts tr[data-url="{sims[0].url}"]')
+    await up.locator(".badge.up").wait_for()
+    assert await up.locator("td.running").text_content() == "0 / 3"
+    assert await up.locator("td.models").text_content() == "2 installed"
+    assert await up.locator("td.models").get_attribute("title") == "llama3.2:latest\nqwen3:4b"
+    down = page.locator(f'#hosts tr[data-url="{sims[1].url}"]')
+    await down.locator(".badge.down").wait_for()
+    assert "503" in (await down.locator("td.state").text_content() or "")
+
+    # It comes back: the page says so with the next frame.
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{sims[1].url}/simulator/fault", json={"mode": "none"}) as r,
+    ):
+        assert r.status == 200
+    await server.gateway.hosts.refresh()
+    await down.locator(".badge.up").wait_for()
+    assert await down.locator("td.models").text_content() == "1 installed"
+    assert errors == []

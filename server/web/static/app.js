@@ -70,6 +70,7 @@ function render(snap) {
   history.waiting.push(queue.waiting);
   history.active.push(queue.active);
   drawCharts();
+  renderHosts(snap.hosts || []);
   renderQueue(snap.queue_entries);
   renderRecent(snap.recent);
   const viewer = snap.viewer;
@@ -96,6 +97,37 @@ function cell(row, value, className) {
   else td.textContent = value;
   if (className) td.className = className;
   return td;
+}
+
+function names(list) {
+  return Array.isArray(list) ? list : [];
+}
+
+// One row a host: where it is, whether it answers (and why not), its load and its models.
+function renderHosts(hosts) {
+  const body = $("hosts").tBodies[0];
+  body.replaceChildren();
+  for (const h of hosts) {
+    const row = body.insertRow();
+    row.dataset.url = h.url;
+    cell(row, h.url, "url");
+    const state = document.createElement("span");
+    state.className = `badge ${h.state}`;
+    state.textContent = h.state;
+    const stateCell = cell(row, state, "state");
+    if (h.state !== "up" && h.last_error) {
+      const why = document.createElement("small");
+      why.className = "bad error-text";
+      why.textContent = ` ${h.last_error}`;
+      stateCell.append(why);
+    }
+    cell(row, `${h.running} / ${h.max_concurrent}`, "running");
+    const installed = names(h.models);
+    const models = cell(row, `${installed.length} installed`, "models");
+    models.title = installed.join("\n");
+    const loaded = names(h.loaded);
+    cell(row, loaded.length ? loaded.join(", ") : "none", "wide loaded");
+  }
 }
 
 function renderQueue(entries) {
