@@ -103,6 +103,38 @@ class ServerSection:
 
 
 @dataclass(frozen=True)
+class HostSpec:
+    """One Ollama server of `[[ollama.hosts]]`."""
+
+    url: str
+    # None: `[queue].max_concurrent`, as for the single `api_url`.
+    max_concurrent: int | None = None
+    weight: float = 1.0
+    # None: every model the host has; otherwise only these are sent to it.
+    models: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"url": self.url}
+        if self.max_concurrent is not None:
+            out["max_concurrent"] = self.max_concurrent
+        if self.weight != 1.0:
+            out["weight"] = self.weight
+        if self.models is not None:
+            out["models"] = list(self.models)
+        return out
+
+
+_HOSTS_RULE = "a list of [[ollama.hosts]] tables (url, max_concurrent, weight, models)"
+# The fields of one `[[ollama.hosts]]` table: (type, min, max).
+HOST_FIELDS: dict[str, tuple[str, float | None, float | None]] = {
+    "url": ("url", None, None),
+    "max_concurrent": ("int", 1, 64),
+    "weight": ("float", 0.01, 1000),
+    "models": ("list", None, None),
+}
+
+
+@dataclass(frozen=True)
 class OllamaSection:
     api_url: str = field(
         default="http://localhost:11434",
@@ -145,6 +177,14 @@ class OllamaSection:
         metadata=_meta(
             "Relay Ollama's model management (pull, push, create, copy, delete, blob uploads); "
             "false answers those with 403"
+        ),
+    )
+    hosts: tuple[HostSpec, ...] = field(
+        default=(),
+        metadata=_meta(
+            "Several Ollama servers, as [[ollama.hosts]] tables (url, max_concurrent, weight, "
+            "models); empty: api_url alone, with [queue].max_concurrent",
+            check="hosts",
         ),
     )
 
@@ -318,7 +358,7 @@ class Key:
 
     section: str
     name: str
-    type: Literal["str", "int", "float", "bool", "list"]
+    type: Literal["str", "int", "float", "bool", "list", "hosts"]
     default: Any
     help: str
     min: float | None
@@ -335,6 +375,8 @@ class Key:
         return f"CHATBOT_{self.section.upper()}_{self.name.upper()}"
 
 
+HOSTS_KEY, API_URL_KEY = ("ollama", "hosts"), ("ollama", "api_url")
+
 # Short names from the Rust backend and the old Next.js .env.local, so users can keep them.
 ENV_ALIASES: dict[str, tuple[str, str]] = {
     "PORT": ("server", "port"),
@@ -350,8 +392,10 @@ ENV_ALIASES: dict[str, tuple[str, str]] = {
 ENV_RESERVED = {"CHATBOT_CONFIG", "CHATBOT_EXEC", "CHATBOT_SIM_PORT", "CHATBOT_SKIP_INSTALL"}
 
 
-def _type_name(annotation: Any) -> Literal["str", "int", "float", "bool", "list"]:
+def _type_name(annotation: Any) -> Literal["str", "int", "float", "bool", "list", "hosts"]:
     name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    if "HostSpec" in name:
+        return "hosts"
     if name.startswith("tuple"):
         return "list"
     if name in ("str", "int", "float", "bool"):
@@ -384,7 +428,9 @@ def registry() -> list[Key]:
 
 
 def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+    if isinstance(value, tuple):
+        return [v.to_dict() if isinstance(v, HostSpec) else v for v in value]
+    return value
 
 
 def _fmt(value: Any) -> str:
@@ -411,6 +457,7 @@ def _rule(key: Key) -> str:
         "keys": "a list of name:role:sha256:<64 hex digits> entries",
         "header": "an HTTP header name, or empty",
         "redis_url": "a redis://, rediss:// or unix:// URL, or empty",
+        "hosts": _HOSTS_RULE,
     }
     if key.check in described:
         return "must be " + described[key.check]
@@ -432,6 +479,11 @@ def validate_value(key: Key, value: Any) -> Any:
         return ConfigError([f"{key.dotted} = {_fmt(value)}: {reason}"])
 
     t = key.type
+    if t == "hosts":
+        hosts, problems = parse_hosts(value, key.dotted)
+        if problems:
+            raise ConfigError(problems)
+        return hosts
     if t == "bool":
         if not isinstance(value, bool):
             raise bad(_rule(key))
@@ -464,6 +516,99 @@ def validate_value(key: Key, value: Any) -> Any:
     if problem:
         raise bad(problem)
     return value
+
+
+def parse_hosts(
+    value: Any, dotted: str = "[ollama].hosts"
+) -> tuple[tuple[HostSpec, ...], list[str]]:
+    """The usable `[[ollama.hosts]]` entries, and a problem for each one that is not, naming it
+    as `ollama.hosts[i].field`. An entry may be a bare URL string. Text (the environment, a
+    text field) is JSON, or URLs separated by commas."""
+    if isinstance(value, str):
+        value = _hosts_text(value)
+    if not isinstance(value, list | tuple):
+        return (), [f"{dotted} = {_fmt(value)}: must be {_HOSTS_RULE}"]
+    hosts: list[HostSpec] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    for i, entry in enumerate(value):
+        where = f"ollama.hosts[{i}]"
+        if isinstance(entry, HostSpec):
+            entry = entry.to_dict()
+        if isinstance(entry, str):
+            entry = {"url": entry}
+        if not isinstance(entry, dict):
+            problems.append(f"{where} = {_fmt(entry)}: must be a table with at least a url")
+            continue
+        bad = _host_problems(entry, i)
+        if bad:
+            problems += bad
+            continue
+        url = str(entry["url"]).rstrip("/")
+        if url in seen:
+            problems.append(
+                f"{where}.url = {_fmt(entry['url'])}: the same host as ollama.hosts[{seen[url]}]"
+            )
+            continue
+        seen[url] = i
+        models = entry.get("models")
+        hosts.append(
+            HostSpec(
+                url=url,
+                max_concurrent=int(entry["max_concurrent"]) if "max_concurrent" in entry else None,
+                weight=float(entry.get("weight", 1.0)),
+                models=tuple(m.strip() for m in models) if models is not None else None,
+            )
+        )
+    return tuple(hosts), problems
+
+
+def _hosts_text(text: str) -> Any:
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _host_problems(entry: dict[str, Any], i: int) -> list[str]:
+    where = f"ollama.hosts[{i}]"
+    problems = []
+    for name in entry:
+        if name not in HOST_FIELDS:
+            problems.append(
+                f"{where}.{name}: unknown key (keys of [[ollama.hosts]] are "
+                f"{', '.join(HOST_FIELDS)})"
+            )
+    if "url" not in entry:
+        problems.append(f"{where}.url: missing (each [[ollama.hosts]] table needs a url)")
+    for name, (kind, lo, hi) in HOST_FIELDS.items():
+        if name not in entry:
+            continue
+        value = entry[name]
+        key = Key(
+            section="ollama",
+            name=f"hosts[{i}].{name}",
+            type="str" if kind == "url" else kind,  # type: ignore[arg-type]
+            default=None,
+            help="",
+            min=lo,
+            max=hi,
+            choices=None,
+            check="url" if kind == "url" else None,
+        )
+        try:
+            validate_value(key, value)
+        except ConfigError as exc:
+            # validate_value names the key "[ollama].hosts[i].name"; the table's own name reads
+            # better for an entry of a list.
+            problems.append(exc.problems[0].replace("[ollama].", "ollama.", 1))
+            continue
+        if name == "models" and not all(m.strip() for m in value):
+            problems.append(f"{where}.models = {_fmt(value)}: a model name must not be empty")
+    return problems
 
 
 def _check(check: str | None, value: Any) -> str | None:
@@ -636,17 +781,28 @@ def load_lenient(
     ]
     valid: dict[tuple[str, str], Any] = {}
     bad_keys: dict[tuple[str, str], str] = {}
-    for layer, kind in layers:
+    layer_of: dict[tuple[str, str], int] = {}
+    for index, (layer, kind) in enumerate(layers):
         for target, value in layer.items():
             try:
                 valid[target] = validate_value(keys[target], value)
+                layer_of[target] = index
             except ConfigError as exc:
-                msg = exc.problems[0]
+                if target == HOSTS_KEY:
+                    # One bad host does not throw away the others: the good ones run.
+                    good, _ = parse_hosts(value)
+                    if good:
+                        valid[target], layer_of[target] = good, index
+                found = exc.problems  # one, or one per bad host
                 if kind == "env":
-                    msg = f"{msg} (from {by_env[target][0]})"
+                    found = [f"{msg} (from {by_env[target][0]})" for msg in found]
                 elif layer is from_file:
-                    bad_keys[target] = msg
-                problems.append(msg)
+                    bad_keys[target] = "; ".join(found)
+                problems += found
+    if layer_of.get(API_URL_KEY, -1) > layer_of.get(HOSTS_KEY, -1):
+        # `api_url` from a higher layer (the environment over the file) says where Ollama is:
+        # it replaces the file's host list, as any override replaces the file's value.
+        valid.pop(HOSTS_KEY, None)
 
     section_values: dict[str, dict[str, Any]] = {s: {} for s in _sections()}
     for (section, name), value in valid.items():
@@ -706,7 +862,12 @@ def env_example() -> str:
         if key.section != current:
             current = key.section
             lines += ["", f"# [{current}]"]
-        default = ",".join(key.default) if key.type == "list" else _env_default(key.default)
+        if key.type == "hosts":
+            default = ""  # e.g. http://gpu1:11434,http://gpu2:11434, or a JSON list of tables
+        elif key.type == "list":
+            default = ",".join(key.default)
+        else:
+            default = _env_default(key.default)
         lines.append(f"# {key.help}")
         lines.append(f"# {key.env_name}={default}")
     return "\n".join(lines) + "\n"
@@ -749,7 +910,26 @@ def default_toml() -> str:
             lines += ["", f"[{current}]"]
         value = tomlkit.item(key.default).as_string()
         lines.append(f"{key.name} = {value}  # {key.help}")
+        if (key.section, key.name) == HOSTS_KEY:
+            lines += _HOSTS_EXAMPLE.rstrip("\n").split("\n")
     return "\n".join(lines) + "\n"
+
+
+_HOSTS_EXAMPLE = """\
+# Several Ollama servers behind this one gateway: delete `hosts = []` above and add one
+# table per server (each after the other keys of [ollama]). A request goes to a host that has
+# its model, preferring one that has it loaded, then the least busy. Without `models`, a host
+# serves whatever it has; `max_concurrent` defaults to [queue].max_concurrent; `weight` (1)
+# breaks ties. `api_url` is then not used.
+# [[ollama.hosts]]
+# url = "http://gpu1:11434"
+# max_concurrent = 2
+# [[ollama.hosts]]
+# url = "http://gpu2:11434"
+# max_concurrent = 1
+# weight = 0.5
+# models = ["llama3.2", "nomic-embed-text"]
+"""
 
 
 def env_overridden(env: Mapping[str, str]) -> dict[tuple[str, str], str]:

@@ -35,6 +35,7 @@ from server.metrics import enabled as metrics_enabled
 from server.services.batch import BulkProcessor, Coalescer
 from server.services.cache import CachedAnswer, ResponseCache, cache_key, normalize_model
 from server.services.generation import Answer, Generation, Piece, Queued
+from server.services.hosts import Host, HostPool, host_specs
 from server.services.ollama import OllamaClient, OllamaCounters
 from server.services.queue import GenerationQueue, Priority
 from server.services.tickets import Ticket, TicketBook
@@ -85,11 +86,10 @@ class Gateway:
         desktop: bool = False,
     ) -> None:
         self.config = config
-        self.ollama = ollama or OllamaClient(
-            config.ollama.api_url,
-            timeout_s=config.ollama.timeout_seconds,
-            connect_timeout_s=config.ollama.connect_timeout_seconds,
-        )
+        # The Ollama hosts ([[ollama.hosts]], or api_url alone): health, models, routing.
+        self.hosts = HostPool(host_specs(config), **_pool_settings(config))
+        if ollama is not None:
+            self.hosts.hosts[0].client = ollama
         self.cache = ResponseCache(
             enabled=config.cache.enabled,
             max_size_mb=config.cache.max_size_mb,
@@ -101,7 +101,10 @@ class Gateway:
             max_concurrent=config.queue.max_concurrent,
             max_queue_size=config.queue.max_queue_size,
             estimated_ms=config.queue.estimated_time_per_request_ms,
+            router=self.hosts,
         )
+        self.hosts.on_change = self.queue.kick
+        self.hosts.on_first_up = self._warm_up
         self.tickets = TicketBook(self.queue, config.queue.ticket_ttl_seconds)
         self.coalescer = Coalescer()
         self.bulk_processor = BulkProcessor(
@@ -140,10 +143,15 @@ class Gateway:
 
     # -- lifecycle --------------------------------------------------------------------------
 
+    @property
+    def ollama(self) -> OllamaClient:
+        """The first host's client, for callers that know of one Ollama only."""
+        return self.hosts.hosts[0].client
+
     async def start(self) -> None:
-        await self.ollama.start()
+        await self.hosts.start()
         await self.tiers.start()
-        self._tasks.append(asyncio.create_task(self._probe_loop(), name="ollama-probe"))
+        self._tasks.append(asyncio.create_task(self.hosts.run(), name="ollama-probe"))
 
     async def close(self) -> None:
         await self.bulk_processor.close()
@@ -154,7 +162,7 @@ class Gateway:
                 await task
         self._tasks.clear()
         await self.tiers.close()
-        await self.ollama.close()
+        await self.hosts.close()
 
     def interrupt(self, tasks: Iterable[asyncio.Task[Any]], reason: str) -> None:
         """End these streams' handler tasks because the server restarts or stops (`reason`):
@@ -168,23 +176,22 @@ class Gateway:
         task = asyncio.current_task()
         return self._interrupted.get(task) if task is not None else None
 
-    async def _probe_loop(self) -> None:
-        warmed = not self.config.ollama.warm_up
-        while True:
-            if await self.ollama.probe() and not warmed:
-                warmed = True
-                await self.ollama.warm_up(self.config.ollama.model, self.config.ollama.keep_alive)
-            await asyncio.sleep(self.config.ollama.probe_interval_seconds)
+    async def _warm_up(self, host: Host) -> None:
+        """A host answered for the first time: load the default model there, if it has it (or
+        is the only host: its answer says what is wrong)."""
+        model = self.config.ollama.model
+        if not self.config.ollama.warm_up or not host.allows(model):
+            return
+        if host.has(model) or len(self.hosts.hosts) == 1:
+            asyncio.get_running_loop().create_task(
+                host.client.warm_up(model, self.config.ollama.keep_alive)
+            )
 
     def apply_config(self, config: Config) -> list[str]:
         """Take a new configuration at run time; return the keys that need a server restart."""
         old, self.config = self.config, config
         self.keys = KeyRing(config.auth.keys)
-        self.ollama.configure(
-            config.ollama.api_url,
-            config.ollama.timeout_seconds,
-            config.ollama.connect_timeout_seconds,
-        )
+        self.hosts.configure(host_specs(config), **_pool_settings(config))
         self.cache.configure(
             enabled=config.cache.enabled,
             max_size_mb=config.cache.max_size_mb,
@@ -282,12 +289,17 @@ class Gateway:
             log.info("%s joins the identical generation in flight", req.request_id)
             self.tickets.drop_reservation(ticket)
             return gen, True
-        entry = self.tickets.take_reservation(ticket) or self.queue.enqueue(
-            priority,
-            label=req.request_id,
-            owner=req.user,
-            max_waiting=self.config.auth.max_waiting_per_user,
-        )
+        entry = self.tickets.take_reservation(ticket)
+        if entry is not None:
+            self.queue.retarget(entry, req.model)  # a reservation learns its model
+        else:
+            entry = self.queue.enqueue(
+                priority,
+                label=req.request_id,
+                owner=req.user,
+                max_waiting=self.config.auth.max_waiting_per_user,
+                model=req.model,
+            )
 
         def store(answer: Answer) -> None:
             if self.tiers.active:
@@ -312,6 +324,7 @@ class Gateway:
             path=req.path,
             on_complete=store if req.cache_write else None,
             on_finish=lambda g: self.coalescer.forget(key, g),
+            hosts=self.hosts,
         )
         if shareable:
             self.coalescer.register(key, gen)
@@ -576,6 +589,8 @@ class Gateway:
             owner=req.user,
             max_waiting=self.config.auth.max_waiting_per_user,
         )
+        if ticket.reservation is not None:
+            self.queue.retarget(ticket.reservation, req.model)
         self._about[ticket] = (req.endpoint, req.model)
         return ticket
 
@@ -593,7 +608,7 @@ class Gateway:
             "requestId": ticket.request_id,
             "status": ticket.status,
             "position": ticket.position,
-            "estimatedWaitTime": self.queue.eta_ms(ticket.position),
+            "estimatedWaitTime": self.queue.eta_ms(ticket.position, _model_of(ticket)),
             "queueLength": self.queue.waiting,
         }
 
@@ -617,7 +632,7 @@ class Gateway:
                     "model": model,
                     "status": ticket.status,
                     "position": ticket.position,
-                    "estimated_wait_ms": self.queue.eta_ms(ticket.position),
+                    "estimated_wait_ms": self.queue.eta_ms(ticket.position, _model_of(ticket)),
                     "waited_ms": round(entry.wait_ms),
                     "elapsed_ms": round((now - entry.enqueued_at) * 1000),
                     "priority": entry.priority.name.lower(),
@@ -657,7 +672,8 @@ class Gateway:
         self.by_user.clear()
         self.generation_by_model.clear()
         self.bulk_processor.batches = self.bulk_processor.items = 0
-        self.ollama.counters = OllamaCounters()
+        for host in self.hosts.hosts:
+            host.client.counters = OllamaCounters()
 
     async def models_overview(self) -> dict[str, Any]:
         """What Ollama has: the models installed (/api/tags) and loaded now (/api/ps), named
@@ -681,9 +697,12 @@ class Gateway:
         }
 
     async def health(self) -> dict[str, Any]:
-        if self.ollama.reachable is None:
-            await self.ollama.probe()
-        reachable = bool(self.ollama.reachable)
+        unprobed = [h for h in self.hosts.hosts if h.state == "unknown"]
+        if unprobed:
+            await asyncio.gather(*(self.hosts.probe(h) for h in unprobed))
+        # `ollama` is the first host up (else the first), as with one host; `hosts` all of them.
+        first = (self.hosts.up() or self.hosts.hosts)[0].client
+        reachable = bool(self.hosts.up())
         return {
             "status": "ok" if reachable else "degraded",
             "version": __version__,
@@ -694,17 +713,19 @@ class Gateway:
             },
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "ollama": {
-                "url": self.ollama.base_url,
+                "url": first.base_url,
                 "reachable": reachable,
-                "version": self.ollama.version,
-                **({} if reachable else {"error": self.ollama.last_error}),
+                "version": first.version,
+                **({} if reachable else {"error": first.last_error}),
             },
+            "hosts": self.hosts.as_list(),
         }
 
     def snapshot(self) -> dict[str, Any]:
         """Everything the stats endpoint and the dashboard show, without any I/O."""
-        c = self.ollama.counters
-        latency = self.ollama.latency_ms
+        clients = [h.client for h in self.hosts.hosts]
+        first = (self.hosts.up() or self.hosts.hosts)[0].client
+        latency = first.latency_ms
         return {
             "response_cache": {**self.cache.stats(), "tiers": self.cache_tiers()},
             "queue": {**self.queue.stats(), "interrupted": self.interrupted},
@@ -719,16 +740,18 @@ class Gateway:
                 "batch_timeout_ms": self.bulk_processor.batch_timeout_ms,
             },
             "ollama": {
-                "url": self.ollama.base_url,
+                "url": first.base_url,
                 "model": self.config.ollama.model,
-                "reachable": bool(self.ollama.reachable),
-                "version": self.ollama.version,
+                "reachable": bool(self.hosts.up()),
+                "version": first.version,
                 # To 0.1 ms, as the queue's averages: the probe's float has no more meaning.
                 "latency_ms": None if latency is None else round(latency, 1),
-                "requests": c.requests,
-                "errors": c.errors,
-                "tokens_generated": c.tokens_generated,
+                # Summed over the hosts.
+                "requests": sum(c.counters.requests for c in clients),
+                "errors": sum(c.counters.errors for c in clients),
+                "tokens_generated": sum(c.counters.tokens_generated for c in clients),
             },
+            "hosts": self.hosts.as_list(),
             "memory": {"rss_mb": round(self._process.memory_info().rss / 2**20, 1)},
             "requests_total": self.requests_total,
             "endpoints": {k: dict(v) for k, v in self.by_endpoint.items()},
@@ -750,6 +773,19 @@ def _cached(model: str, answer: Answer) -> CachedAnswer:
         prompt_eval_count=answer.prompt_eval_count,
         context=answer.context,
     )
+
+
+def _model_of(ticket: Ticket) -> str | None:
+    return ticket.entry.model if ticket.entry is not None else None
+
+
+def _pool_settings(config: Config) -> dict[str, Any]:
+    return {
+        "default_concurrent": config.queue.max_concurrent,
+        "timeout_s": config.ollama.timeout_seconds,
+        "connect_timeout_s": config.ollama.connect_timeout_seconds,
+        "probe_interval_s": config.ollama.probe_interval_seconds,
+    }
 
 
 def _failed(exc: GatewayError) -> dict[str, Any]:

@@ -66,7 +66,14 @@ def test_env_overrides(env, section, name, expected):
 
 
 def test_every_key_can_be_set_from_its_env_variable():
-    samples = {"str": "x", "int": None, "float": None, "bool": "true", "list": "*"}
+    samples = {
+        "str": "x",
+        "int": None,
+        "float": None,
+        "bool": "true",
+        "list": "*",
+        "hosts": "http://a.test:1,http://b.test:2",
+    }
     for key in cfg.registry():
         value = samples[key.type]
         if value is None:
