@@ -60,13 +60,21 @@ class Companion:
             self.dashboard.append_log(line)
         self.dashboard.flush_requested.connect(c.flush_cache)
         self.dashboard.restart_requested.connect(c.restart_server)
+        # Quit waits for answers in progress: the dashboard and the tray say so, and offer
+        # Quit now; the flush dialog reads the cache's figures when it opens.
+        c.quitting.connect(self.dashboard.set_quitting)
+        self.dashboard.quit_now_requested.connect(c.quit_now)
+        self.dashboard.cache_figures = c.cache_figures
         self.dashboard.cancel_requested.connect(c.cancel_request)
         self.dashboard.close_requested.connect(self.quit)
         if self.tray is not None:
             c.snapshot_ready.connect(self.tray.update_snapshot)
             c.state_changed.connect(self.tray.set_state)
             self.tray.open_dashboard.connect(self.show_dashboard)
-            self.tray.flush_cache.connect(c.flush_cache)
+            # As from the dashboard: asks first (the same dialog), and the result is notified.
+            self.tray.flush_cache.connect(self.dashboard.ask_flush)
+            c.quitting.connect(self.tray.set_quitting)
+            self.tray.quit_now.connect(c.quit_now)
             self.tray.restart_server.connect(c.restart_server)
             self.tray.copy_api_url.connect(self.copy_api_url)
             self.tray.open_config.connect(self.open_config)

@@ -26,7 +26,8 @@ from server.logs import LogBuffer
 
 log = logging.getLogger("chatbot.ui")
 
-# Ollama going away and coming back is told at most this often.
+# "Ollama unreachable" is told at most this often; "Ollama is back" is told once after each
+# "unreachable" that was told (and never otherwise), however soon it comes.
 NOTIFY_EVERY_S = 60.0
 # At most this many log lines are handed to the widgets per batch (the tail keeps 500).
 LOG_BATCH_MAX = 200
@@ -44,6 +45,7 @@ class Controller(QObject):
     state_changed = Signal(str, str)  # state, message
     notify = Signal(str, str)  # title, message
     log_line = Signal(str)  # one or more log lines, newline-separated, a few times a second
+    quitting = Signal(int)  # answers still streaming while Quit waits for them; 0 when done
 
     def __init__(
         self,
@@ -69,6 +71,7 @@ class Controller(QObject):
         self.history = ChartHistory()
         self._ollama_up: bool | None = None
         self._last_notice: dict[str, float] = {}
+        self._told_down = False  # "Ollama unreachable" was told, "Ollama is back" not yet
         self._busy: asyncio.Task[None] | None = None
         # The latest gateway.models_overview(); None until the first answer.
         self._models: dict[str, Any] | None = None
@@ -116,16 +119,40 @@ class Controller(QObject):
             await asyncio.gather(self._models_task, return_exceptions=True)
         if self._busy is not None:
             await asyncio.gather(self._busy, return_exceptions=True)
-        await self.host.stop()
+        # Streams in flight get the drain time to finish: say so while they do, and count down.
+        progress = QTimer(self)
+        progress.setInterval(250)
+        progress.timeout.connect(lambda: self.quitting.emit(self.host.streams_in_flight))
+        if self.host.streams_in_flight:
+            self.quitting.emit(self.host.streams_in_flight)
+            progress.start()
+        try:
+            await self.host.stop()
+        finally:
+            progress.stop()
+            self.quitting.emit(0)
         self.logs.detach()
         self._set_state("stopped", "Stopped")
+
+    def quit_now(self) -> None:
+        """Quit now: stop waiting for answers in progress (they end with a shutdown frame)."""
+        log.info("quit now: ending %d answer(s) in progress", self.host.streams_in_flight)
+        self.host.finish_now()
 
     # -- commands ---------------------------------------------------------------------------
 
     def flush_cache(self) -> int:
+        size_mb = self.gateway.cache.stats()["size_bytes"] / 2**20
         count = self.gateway.flush_cache()
         self.tick()  # the tiles show it at once, not a second later
+        # From the tray or the dashboard, the result is told the same way.
+        noun = "response" if count == 1 else "responses"
+        self._notify("flush", "Cache flushed", f"Flushed {count:,} {noun} ({size_mb:,.1f} MB)")
         return count
+
+    def cache_figures(self) -> dict[str, Any]:
+        """The cache's entries and size now (for the flush dialog; no I/O)."""
+        return dict(self.gateway.cache.stats())
 
     def cancel_request(self, request_id: str) -> bool:
         """Cancel a waiting or running request, as DELETE /api/chat-queue does (this app is the
@@ -244,10 +271,16 @@ class Controller(QObject):
             url = self.gateway.ollama.base_url
             if self._ollama_up is not None or not up:
                 if up:
-                    self._notify("ollama", "Ollama is back", f"Ollama at {url} answers again.")
-                else:
+                    # Told after a told "unreachable", however soon: never left hanging.
+                    if self._told_down:
+                        self._told_down = False
+                        self._notify(
+                            "ollama_back", "Ollama is back", f"Ollama at {url} answers again."
+                        )
+                elif self._since("ollama_down") >= NOTIFY_EVERY_S:
+                    self._told_down = True
                     self._notify(
-                        "ollama",
+                        "ollama_down",
                         "Ollama unreachable",
                         f"Ollama at {url} does not answer; chats fail until it is back.",
                     )
@@ -281,9 +314,11 @@ class Controller(QObject):
             log.info("state: %s (%s)", state, message)
             self.state_changed.emit(state, message)
 
+    def _since(self, kind: str) -> float:
+        """Seconds since a notice of this kind was last told (infinite: never)."""
+        told = self._last_notice.get(kind)
+        return float("inf") if told is None else time.monotonic() - told
+
     def _notify(self, kind: str, title: str, message: str) -> None:
-        now = time.monotonic()
-        if kind == "ollama" and now - self._last_notice.get(kind, -NOTIFY_EVERY_S) < NOTIFY_EVERY_S:
-            return
-        self._last_notice[kind] = now
+        self._last_notice[kind] = time.monotonic()
         self.notify.emit(title, message)

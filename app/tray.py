@@ -10,6 +10,7 @@ from PySide6.QtGui import QAction
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
 from app import autostart
+from app.dashboard.quit_banner import quitting_text
 from app.icons import state_icon
 
 TITLE = "Chatbot Companion"
@@ -17,6 +18,8 @@ TITLE = "Chatbot Companion"
 MESSAGE_MS = 8000
 # Notifications waiting their turn; older ones are dropped past this.
 MESSAGE_BACKLOG = 4
+# States with a server whose cache can be flushed (not starting, failed or stopped).
+FLUSHABLE_STATES = frozenset({"serving", "ollama_down"})
 
 
 def tooltip_text(snap: dict[str, Any]) -> str:
@@ -34,6 +37,7 @@ class Tray(QObject):
     copy_api_url = Signal()
     open_config = Signal()
     quit = Signal()
+    quit_now = Signal()
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -64,6 +68,12 @@ class Tray(QObject):
         quit_action = self.menu.addAction("Quit")
         quit_action.triggered.connect(self.quit.emit)
         self.actions["quit"] = quit_action
+        # Shown only while Quit waits for answers in progress: end them and quit at once.
+        quit_now = self.menu.addAction("Quit Now")
+        quit_now.triggered.connect(self.quit_now.emit)
+        quit_now.setVisible(False)
+        self.actions["quit_now"] = quit_now
+        self.quitting = 0
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._on_activated)
         self.state = "starting"
@@ -83,6 +93,9 @@ class Tray(QObject):
 
     def set_state(self, state: str, message: str) -> None:
         self.state = state
+        self.actions["flush"].setEnabled(state in FLUSHABLE_STATES and not self.quitting)
+        if self.quitting:
+            return  # the quitting line and icon stay until the answers are finished
         self.icon.setIcon(state_icon(state))
         # The menu's first line: short, the dashboard has the whole message.
         headline = {
@@ -93,7 +106,26 @@ class Tray(QObject):
         self._state_action.setText(_short(headline))
 
     def update_snapshot(self, snap: dict[str, Any]) -> None:
-        self.icon.setToolTip(tooltip_text(snap))
+        if not self.quitting:
+            self.icon.setToolTip(tooltip_text(snap))
+
+    def set_quitting(self, answers: int) -> None:
+        """Quit is waiting for `answers` answers to finish (0: it no longer waits): say so in
+        the icon (amber, as while starting), the tooltip and the menu, and offer Quit Now."""
+        was, self.quitting = self.quitting, answers
+        self.actions["quit_now"].setVisible(answers > 0)
+        for key in ("flush", "restart"):
+            self.actions[key].setEnabled(
+                answers == 0 and (key != "flush" or self.state in FLUSHABLE_STATES)
+            )
+        if answers:
+            text = quitting_text(answers)
+            self.icon.setIcon(state_icon("starting"))
+            self.icon.setToolTip(f"{TITLE} · {text}")
+            self._state_action.setText(text)
+        elif was:
+            self.icon.setIcon(state_icon(self.state))
+            self.icon.setToolTip(TITLE)
 
     def show_message(self, title: str, message: str) -> None:
         """Show it now, or after the one on screen has had its time."""

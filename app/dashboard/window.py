@@ -6,7 +6,7 @@ services; it emits signals."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from PySide6.QtCore import QEvent, Qt, Signal
@@ -35,6 +35,7 @@ from app.dashboard.colors import BAD, GOOD
 from app.dashboard.log_tail import LogView
 from app.dashboard.models_view import ModelsView
 from app.dashboard.queue_view import QueueView
+from app.dashboard.quit_banner import QuitBanner
 from app.dashboard.requests_model import ANONYMOUS, COLUMNS, RequestsModel
 from app.dashboard.tiles import Tile
 from app.settings import SettingsPage
@@ -60,6 +61,14 @@ COLUMN_SAMPLES = {
 }
 
 
+def _cache_summary(cache: Mapping[str, Any]) -> str:
+    """`3 cached responses (1.2 MB)`, or "" while the cache is off."""
+    if not cache.get("enabled", True):
+        return ""
+    entries = fmt.count(int(cache.get("entries", 0)), "cached response")
+    return f"{entries} ({fmt.megabytes(float(cache.get('size_bytes', 0)) / 2**20)} MB)"
+
+
 def _section(title: str, body: QWidget) -> QWidget:
     """A small muted caption above a widget."""
     caption = QLabel(title.upper())
@@ -81,6 +90,7 @@ class DashboardWindow(QMainWindow):
     flush_requested = Signal()
     restart_requested = Signal()
     close_requested = Signal()
+    quit_now_requested = Signal()
     cancel_requested = Signal(str)  # a request id, from the live queue
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -91,6 +101,10 @@ class DashboardWindow(QMainWindow):
         self._close_quits = False
         self._cache_summary = ""
         self.confirm_dialog: QMessageBox | None = None
+        # The cache's figures now, for the flush dialog (the last snapshot may be a second old).
+        self.cache_figures: Callable[[], Mapping[str, Any]] | None = None
+        self.quit_banner = QuitBanner()
+        self.quit_banner.quit_now.connect(self.quit_now_requested.emit)
 
         self.banner = StateBanner()
         self.flush_button = QPushButton("Flush Cache")
@@ -189,6 +203,7 @@ class DashboardWindow(QMainWindow):
         layout = QVBoxLayout(overview)
         layout.setContentsMargins(12, 12, 12, 6)
         layout.setSpacing(10)
+        layout.addWidget(self.quit_banner)
         layout.addLayout(top)
         layout.addLayout(tiles)
         layout.addWidget(self.breakdown)
@@ -265,6 +280,14 @@ class DashboardWindow(QMainWindow):
                 self.settings.set_status(status, "error" if state == "failed" else "ok")
         self.flush_button.setEnabled(state in FLUSHABLE_STATES)
         self.restart_button.setEnabled(state != "starting")
+
+    def set_quitting(self, answers: int) -> None:
+        """Quit waits for `answers` answers in progress (0: no longer): the strip says so and
+        offers Quit now; Flush and Restart make no sense meanwhile."""
+        self.quit_banner.set_answers(answers)
+        if answers:
+            self.flush_button.setEnabled(False)
+            self.restart_button.setEnabled(False)
 
     def append_log(self, line: str) -> None:
         self.log_tail.append_line(line)
@@ -367,16 +390,28 @@ class DashboardWindow(QMainWindow):
         log.info("restart requested from the dashboard")
         self.restart_requested.emit()
 
+    def ask_flush(self) -> None:
+        """Ask before flushing (the button, and the tray's Flush Cache): flush_requested on OK."""
+        self._ask_flush()
+
     def _ask_flush(self) -> None:
         if self.confirm_dialog is not None:
             self.confirm_dialog.raise_()
             self.confirm_dialog.activateWindow()
             return
         buttons = QMessageBox.StandardButton.Ok | QMessageBox.StandardButton.Cancel
+        # The window title is the app's (a short one was cut off next to the close button);
+        # what it asks is in the body.
         box = QMessageBox(
-            QMessageBox.Icon.Question, "Flush cache", "Flush the response cache?", buttons, self
+            QMessageBox.Icon.Question,
+            "Chatbot Companion",
+            "Flush the response cache?",
+            buttons,
+            self,
         )
         what = self._cache_summary or "every cached response"
+        if self.cache_figures is not None:
+            what = _cache_summary(self.cache_figures()) or "every cached response"
         box.setInformativeText(f"This drops {what}. Hit and miss counters are kept.")
         box.button(QMessageBox.StandardButton.Ok).setText("Flush Cache")
         box.setDefaultButton(QMessageBox.StandardButton.Cancel)

@@ -67,6 +67,7 @@ def test_flush_from_the_tray_menu_shows_at_once(start_app, run):
         or dash.tiles["cache"].value_text() == "1 entry"
     )
     app.companion.tray.actions["flush"].trigger()
+    dash.confirm_dialog.accept()  # it asks first, as the dashboard's button does
     assert app.controller.gateway.cache.entries == 0
     assert dash.tiles["cache"].value_text() == "0 entries"  # no waiting for the next tick
 

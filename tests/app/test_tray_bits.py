@@ -39,10 +39,12 @@ def test_ollama_notices_are_not_repeated_within_a_minute(start_app, qtbot, monke
     c._watch_ollama(False)
     c._watch_ollama(True)
     c._watch_ollama(False)
-    assert notices == ["Ollama unreachable"]  # the flapping within a minute is not told again
+    # A short outage's end is told; the flapping after it, within a minute, is not.
+    assert notices == ["Ollama unreachable", "Ollama is back"]
     monkeypatch.setattr("app.controller.NOTIFY_EVERY_S", 0.0)
     c._watch_ollama(True)
-    assert notices == ["Ollama unreachable", "Ollama is back"]
+    c._watch_ollama(False)
+    assert notices == ["Ollama unreachable", "Ollama is back", "Ollama unreachable"]
 
 
 def test_port_in_use_is_notified(start_app, qtbot):
