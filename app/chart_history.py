@@ -128,6 +128,8 @@ class ChartHistory:
         start = -float("inf") if span is None else now - span
         out = [p for p in self._fine if p[0] > start]
         for tier in (self._medium, self._coarse):
+            if out and out[0][0] - start <= tier.step:
+                break  # the finer tiers reach back far enough (once a second, every second)
             edge = out[0][0] if out else now
             older = [p for p in tier.all_points() if start < p[0] < edge]
             out = older + out

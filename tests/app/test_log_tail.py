@@ -176,3 +176,15 @@ def test_lines_are_copied_by_selection_and_from_the_context_menu(
     next(a for a in tail.last_menu.actions() if a.text() == "Copy").trigger()
     assert clipboard.text() == "\n".join(lines(3))
     tail.last_menu.close()
+
+
+def test_lines_that_came_while_hidden_are_in_view_when_shown(
+    qtbot: QtBot, window: DashboardWindow
+) -> None:
+    window.hide()
+    for line in lines(120):
+        window.append_log(line)
+    window.show()
+    qtbot.waitExposed(window)
+    qtbot.waitUntil(lambda: last_line_in_view(window.log_tail), timeout=2000)
+    assert window.log_tail.is_following()
