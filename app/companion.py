@@ -63,6 +63,7 @@ class Companion:
         # Quit waits for answers in progress: the dashboard and the tray say so, and offer
         # Quit now; the flush dialog reads the cache's figures when it opens.
         c.quitting.connect(self.dashboard.set_quitting)
+        c.quitting.connect(self._on_quitting)
         self.dashboard.quit_now_requested.connect(c.quit_now)
         self.dashboard.cache_figures = c.cache_figures
         self.dashboard.cancel_requested.connect(c.cancel_request)
@@ -126,8 +127,18 @@ class Companion:
         self.dashboard.show_settings()
 
     def quit(self) -> None:
-        """Quit, SIGTERM and aboutToQuit all end here: one event the main coroutine awaits."""
+        """Quit, SIGTERM and aboutToQuit all end here: one event the main coroutine awaits.
+        Asked again while it waits for answers in progress, it quits now (a second Quit, a
+        second Ctrl+C, closing the window again)."""
+        if self.stopping.is_set():
+            self.controller.quit_now()
         self.stopping.set()
+
+    def _on_quitting(self, answers: int) -> None:
+        # Without a tray, the closed dashboard was the only window: bring it back while Quit
+        # waits, so the wait is seen and Quit now is at hand.
+        if answers and self.tray is None and not self.dashboard.isVisible():
+            self.dashboard.show()
 
     def _notify(self, title: str, message: str) -> None:
         if self.tray is not None:

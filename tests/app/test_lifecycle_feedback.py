@@ -172,3 +172,26 @@ def _left():
     from PySide6.QtCore import Qt
 
     return Qt.MouseButton.LeftButton
+
+
+def test_a_second_quit_quits_now(start_app, qtbot):
+    app, answer = quit_while_answering(start_app, qtbot)
+    app.companion.tray.actions["quit"].trigger()  # impatient: Quit again
+    qtbot.waitUntil(app.task.done, timeout=5000)
+    qtbot.waitUntil(answer.task.done, timeout=5000)
+    assert answer.frames[-1]["code"] == "server_shutting_down"
+
+
+def test_without_a_tray_the_closed_dashboard_comes_back_while_quit_waits(start_app, qtbot):
+    app = start_app(tray=False)
+    dash = app.companion.dashboard
+    qtbot.waitUntil(dash.isVisible, timeout=2000)
+    app.controller.host.drain_seconds = 60
+    answer = LongAnswer(app.url)
+    qtbot.waitUntil(lambda: len(answer.frames) >= 3, timeout=5000)
+    dash.close()  # the only window: closing it quits
+    qtbot.waitUntil(lambda: dash.isVisible() and dash.quit_banner.isVisible(), timeout=3000)
+    assert dash.quit_banner.label.text() == "Finishing 1 answer before quitting…"
+    dash.close()  # closing it again quits now
+    qtbot.waitUntil(app.task.done, timeout=5000)
+    assert app.task.exception() is None
