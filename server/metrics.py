@@ -19,7 +19,7 @@ import os
 from bisect import bisect_left
 from collections.abc import Iterator, Mapping
 from itertools import accumulate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 from aiohttp import web
@@ -275,6 +275,27 @@ class _ServiceCollector(Collector):
         )
         for name, help_text, value in gauges:
             yield GaugeMetricFamily(name, help_text, value=float(value))
+        yield from _tier_families(g.cache_tiers())
+
+
+def _tier_families(tiers: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    """Each cache tier (memory, sqlite, redis), labelled `tier`: up, entries and hits."""
+    up = GaugeMetricFamily(
+        "chatbot_cache_tier_up", "1 if the cache tier works (0: down, see stats).", labels=["tier"]
+    )
+    entries = GaugeMetricFamily(
+        "chatbot_cache_tier_entries", "Answers held by the cache tier.", labels=["tier"]
+    )
+    hits = CounterMetricFamily(
+        "chatbot_cache_tier_hits",
+        "Lookups the tier answered (memory: before any tier behind it was asked).",
+        labels=["tier"],
+    )
+    for name, tier in tiers.items():
+        up.add_metric([name], float(tier["state"] == "up"))
+        entries.add_metric([name], float(tier["entries"]))
+        hits.add_metric([name], float(tier["hits"]))
+    yield from (up, entries, hits)
 
 
 routes = web.RouteTableDef()

@@ -134,6 +134,10 @@ async def test_a_corrupt_database_is_reported_and_the_gateway_serves_from_ram(
     assert str(db) in shown["sqlite"]["reason"] and "not a database" in shown["sqlite"]["reason"]
     assert (await health_tiers(http, server))["sqlite"]["state"] == "down"
     assert any("cache tier sqlite is down" in r.getMessage() for r in caplog.records)
+    async with http.get(server.url + "/metrics") as r:
+        scraped = await r.text()
+    assert 'chatbot_cache_tier_up{tier="sqlite"} 0.0' in scraped
+    assert 'chatbot_cache_tier_up{tier="memory"} 1.0' in scraped
 
     x1, a = await ask(http, server, "still working?")
     x2, b = await ask(http, server, "still working?")
