@@ -47,6 +47,17 @@ SAMPLES = {
     "Elapsed": "12 min",
 }
 EMPTY_TEXT = "No requests waiting or being answered right now."
+# Rows listed at most: the line can be 100,000 long, and a row carries a button. The rest are
+# summed up in one last row (the tab and the Queue tile count them all).
+MAX_ROWS = 200
+MORE = "\x00more"  # the summing-up row's key: no request id is empty-prefixed like this
+HEADER_TIPS = {
+    "Request": "The request's id (its request_id, or one the gateway gave it)",
+    "State": "running: being answered now; waiting: for a free slot ([queue].max_concurrent)",
+    "Position": "Place in line",
+    "ETA": "Expected wait for a slot: place in line × recent generation time ÷ slots",
+    "Elapsed": "Time since the request arrived",
+}
 # The gateway's ticket states, as the table names them.
 STATES = {"processing": "running", "queued": "waiting"}
 
@@ -94,7 +105,8 @@ class QueueView(QStackedWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.model = KeyedRowsModel(COLUMNS, NUMERIC)
+        self.model = KeyedRowsModel(COLUMNS, NUMERIC, HEADER_TIPS)
+        self.total = 0  # requests in the queue, listed or not
         self.table = self._make_table()
         self.placeholder = QLabel(EMPTY_TEXT)
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
@@ -147,11 +159,19 @@ class QueueView(QStackedWidget):
         self, entries: Sequence[Mapping[str, Any]] | None, named_users: bool = False
     ) -> None:
         """Show the gateway's queue entries (running first, then the line in order)."""
-        rows = [make_row(e) for e in entries or () if isinstance(e, Mapping)]
+        valid = [e for e in entries or () if isinstance(e, Mapping)]
+        self.total = len(valid)
+        rows = [make_row(e) for e in valid[:MAX_ROWS]]
+        if len(valid) > MAX_ROWS:
+            more = f"and {len(valid) - MAX_ROWS:,} more waiting (not listed)"
+            tip = f"Only the first {MAX_ROWS} are listed"
+            rows.append(Row(MORE, ("…", "", more), tip, ("muted", "", "muted")))
         self.table.setColumnHidden(USER, not named_users)
         self.model.sync(rows)
         self._cancelling &= {row.key for row in rows}
         for i, row in enumerate(rows):
+            if row.key == MORE:
+                continue
             index = self.model.index(i, CANCEL)
             button = self.table.indexWidget(index)
             if button is None:
@@ -161,7 +181,7 @@ class QueueView(QStackedWidget):
         self.setCurrentWidget(self.table if rows else self.placeholder)
 
     def row_count(self) -> int:
-        """The requests shown."""
+        """The rows shown (the summing-up one included)."""
         return self.model.rowCount()
 
     def button(self, request_id: str) -> QPushButton | None:
@@ -195,7 +215,9 @@ class QueueView(QStackedWidget):
 
     def cancel(self, request_id: str) -> None:
         """Ask for the request to be cancelled; its button is disabled until the row goes."""
-        if request_id in self._cancelling or self.model.row_of(request_id) < 0:
+        if request_id == MORE or request_id in self._cancelling:
+            return
+        if self.model.row_of(request_id) < 0:
             return
         self._cancelling.add(request_id)
         button = self.button(request_id)
@@ -214,6 +236,8 @@ class QueueView(QStackedWidget):
             return
         self.table.selectRow(index.row())
         request_id = self.model.key(index.row())
+        if request_id == MORE:
+            return
         self.cancel_action.setText(f"Cancel {request_id}")
         self.cancel_action.setEnabled(request_id not in self._cancelling)
         if self.menu is None:

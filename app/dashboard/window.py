@@ -190,9 +190,13 @@ class DashboardWindow(QMainWindow):
         self.activity.addTab(self.requests_table, "Recent requests")
         self.activity.addTab(self.queue_view, "Live queue")
         self.activity.addTab(self.models_view, "Models")
-        self.activity.setTabToolTip(1, "Requests being answered and waiting now; cancel them here")
         self.activity.setTabToolTip(
-            2, "Requests, hit rate and generation time per model, and what Ollama has installed"
+            self.activity.indexOf(self.queue_view),
+            "Requests being answered and waiting now; cancel them here",
+        )
+        self.activity.setTabToolTip(
+            self.activity.indexOf(self.models_view),
+            "Requests, hit rate and generation time per model, and what Ollama has installed",
         )
         splitter.addWidget(self.activity)
         splitter.addWidget(_section("Log", self.log_view))
@@ -333,10 +337,11 @@ class DashboardWindow(QMainWindow):
 
     def _render_queue(self, snap: Mapping[str, Any]) -> None:
         self.queue_view.set_entries(snap.get("queue_entries"), bool(snap.get("named_users")))
-        shown = self.queue_view.row_count()
-        title = f"Live queue ({shown})" if shown else "Live queue"
-        if self.activity.tabText(1) != title:
-            self.activity.setTabText(1, title)
+        total = self.queue_view.total
+        title = f"Live queue ({total:,})" if total else "Live queue"
+        index = self.activity.indexOf(self.queue_view)
+        if self.activity.tabText(index) != title:
+            self.activity.setTabText(index, title)
 
     def _render_status(
         self, snap: Mapping[str, Any], queue: Mapping[str, Any], ollama: Mapping[str, Any]

@@ -12,7 +12,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from app.dashboard.models_view import UNKNOWN
-from app.dashboard.queue_view import EMPTY_TEXT, USER, QueueView
+from app.dashboard.queue_view import EMPTY_TEXT, MAX_ROWS, MORE, USER, QueueView
 from server import simulator
 from tests.conftest import free_port
 
@@ -22,9 +22,9 @@ pytestmark = [
 ]
 
 CHAT = "/api/chat-optimized"
-# Long enough to outlast any test (2,000 tokens 20 ms apart: 40 s), so the first request holds
+# Long enough to outlast any test (4,000 tokens 25 ms apart: 100 s), so the first request holds
 # the only slot while the others wait, however slow the machine.
-SLOW = {"sim_tokens": 2000, "sim_token_delay_ms": 20}
+SLOW = {"sim_tokens": 4000, "sim_token_delay_ms": 25}
 
 
 async def stream(url: str, request_id: str, text: str) -> list[dict[str, Any]]:
@@ -153,26 +153,28 @@ def test_live_queue_names_users_when_keys_are_on(start_app, qtbot, qloop):
         qtbot.waitUntil(task.done, timeout=10_000)
 
 
+def entries(ids: range, elapsed: int) -> list[dict[str, Any]]:
+    """Queue entries as the gateway gives them: the first one running, the rest in line."""
+    return [
+        {
+            "request_id": f"q-{i}",
+            "status": "processing" if i == ids[0] else "queued",
+            "position": i - ids[0],
+            "estimated_wait_ms": 1000 * (i - ids[0]),
+            "elapsed_ms": elapsed,
+            "endpoint": "chat",
+            "model": "llama3.2",
+            "user": "anonymous",
+        }
+        for i in ids
+    ]
+
+
 def test_queue_view_keeps_selection_and_scroll_through_updates(qtbot):
     view = QueueView()
     qtbot.addWidget(view)
     view.resize(700, 200)
     view.show()
-
-    def entries(ids: range, elapsed: int) -> list[dict[str, Any]]:
-        return [
-            {
-                "request_id": f"q-{i}",
-                "status": "processing" if i == ids[0] else "queued",
-                "position": i - ids[0],
-                "estimated_wait_ms": 1000 * (i - ids[0]),
-                "elapsed_ms": elapsed,
-                "endpoint": "chat",
-                "model": "llama3.2",
-                "user": "anonymous",
-            }
-            for i in ids
-        ]
 
     view.set_entries(entries(range(40), 100))
     bar = view.table.verticalScrollBar()
@@ -245,3 +247,21 @@ def test_models_table_says_unknown_when_ollama_does_not_answer(start_app, run, q
     assert models.cell(i, "Avg generation (ms)") == "—"  # it failed: nothing generated
     tip = models.data(models.index(i, 0), Qt.ItemDataRole.ToolTipRole)
     assert "unknown" in tip and "127.0.0.1" in tip
+
+
+def test_a_long_line_lists_the_first_rows_and_counts_the_rest(qtbot):
+    view = QueueView()
+    qtbot.addWidget(view)
+    view.set_entries(entries(range(MAX_ROWS + 50), 100))
+    assert view.total == MAX_ROWS + 50
+    assert view.row_count() == MAX_ROWS + 1
+    last = view.row_count() - 1
+    assert view.model.key(last) == MORE
+    assert view.model.cell(last, "Model") == "and 50 more waiting (not listed)"
+    assert view.button(MORE) is None
+    with qtbot.assertNotEmitted(view.cancel_requested):
+        view.cancel(MORE)
+    # The line shortens: the summing-up row goes, every request has its button.
+    view.set_entries(entries(range(10), 100))
+    assert view.model.row_keys() == [f"q-{i}" for i in range(10)]
+    assert all(view.button(f"q-{i}") is not None for i in range(10))
