@@ -265,3 +265,17 @@ def test_a_long_line_lists_the_first_rows_and_counts_the_rest(qtbot):
     view.set_entries(entries(range(10), 100))
     assert view.model.row_keys() == [f"q-{i}" for i in range(10)]
     assert all(view.button(f"q-{i}") is not None for i in range(10))
+
+
+def test_what_ollama_has_is_asked_again_in_the_background(start_app, run, qtbot, monkeypatch):
+    # The app asks every MODELS_EVERY_S (10 s); a shorter period keeps the test quick.
+    monkeypatch.setattr("app.controller.MODELS_EVERY_S", 0.2)
+    app = start_app()
+    models = app.companion.dashboard.models_view.table_model
+    name = "llama3.2:latest"
+    qtbot.waitUntil(lambda: models.row_of(name) >= 0, timeout=5000)
+    qtbot.waitUntil(lambda: models.cell(models.row_of(name), "Installed") == "yes", timeout=5000)
+    assert models.cell(models.row_of(name), "Loaded") == "no"  # nothing asked it yet
+    assert run(chat(app.url, "load it")) == 200
+    # No refresh_models() here: the controller's own loop notices the model was loaded.
+    qtbot.waitUntil(lambda: models.cell(models.row_of(name), "Loaded") == "loaded", timeout=5000)
