@@ -405,8 +405,9 @@ class DashboardWindow(QMainWindow):
             self.confirm_dialog.activateWindow()
             return
         buttons = QMessageBox.StandardButton.Ok | QMessageBox.StandardButton.Cancel
-        # The window title is the app's (a short one was cut off next to the close button);
-        # what it asks is in the body.
+        # Qt appends the app's name to any other title ("Flush cache — Chatbot Companion", cut
+        # off in a box this narrow; seen with xprop under Xvfb): the app's name alone, and the
+        # question in the body.
         box = QMessageBox(
             QMessageBox.Icon.Question,
             "Chatbot Companion",
