@@ -1,8 +1,8 @@
 """The desktop app's configuration: load, save from the Settings page, apply live, watch the file.
 
 What can change at run time is applied through the Gateway at once (cache size, TTL and switch,
-queue limits, batch settings, CORS origins, model, system prompt, Ollama URL and timeouts, log
-level); a new host or port restarts the server, after saying so. An edit made in an editor while
+queue limits, batch settings, CORS origins, model, system prompt, Ollama URL, hosts and timeouts,
+log level); a new host or port restarts the server, after saying so. An edit made in an editor while
 the app runs is picked up: applied when valid, reported (first the key, value and reason) when
 not, and the last good configuration keeps running. Nothing here blocks the loop: file reads and
 writes run in a worker thread.
@@ -21,14 +21,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+import tomlkit
 from PySide6.QtCore import QFileSystemWatcher, QObject, QTimer, Signal
 
 from app.controller import Controller
 from app.resources import default_config_text
 from server import config_file
 from server.config import (
+    API_URL_KEY,
+    HOSTS_KEY,
     Config,
     ConfigError,
+    HostSpec,
     Loaded,
     env_overridden,
     load_lenient,
@@ -59,6 +63,37 @@ def values_of(config: Config) -> Values:
     return {(k.section, k.name): getattr(getattr(config, k.section), k.name) for k in registry()}
 
 
+def plain(value: Any) -> Any:
+    """A value as the file holds it: lists, and host tables as dicts (for comparing)."""
+    if isinstance(value, tuple | list):
+        return [v.to_dict() if isinstance(v, HostSpec) else v for v in value]
+    return value
+
+
+def hosts_toml(value: Any) -> Any:
+    """`[ollama].hosts` as `[[ollama.hosts]]` tables, the way the shipped config.toml shows them
+    (tomlkit puts them after the section's other keys); none as `hosts = []`."""
+    tables = plain(value)
+    if not tables:
+        return []
+    aot = tomlkit.aot()
+    for entry in tables:
+        table = tomlkit.table()
+        table.update(entry)
+        aot.append(table)
+    aot[-1].add(tomlkit.nl())  # a blank line before the next section
+    return aot
+
+
+def pinned_keys(env: dict[str, str], overrides: Values) -> dict[tuple[str, str], str]:
+    """The keys the environment or the command line set, each with what sets it. An api_url
+    set there also sets the hosts: it replaces the file's host list (server.config.load_lenient)."""
+    pins = {**env_overridden(env), **{k: "the command line" for k in overrides}}
+    if API_URL_KEY in pins and HOSTS_KEY not in pins:
+        pins[HOSTS_KEY] = f"{pins[API_URL_KEY]} for [ollama].api_url"
+    return pins
+
+
 def changed_keys(old: Config, new: Config) -> list[str]:
     a, b = values_of(old), values_of(new)
     return [f"[{s}].{n}" for (s, n) in a if a[(s, n)] != b[(s, n)]]
@@ -78,6 +113,9 @@ def outside_sources(env: dict[str, str], overrides: Values) -> dict[tuple[str, s
         found[target] = f"the environment variable {var}"
     for target in overrides:
         found[target] = "the command line"
+    if API_URL_KEY in found and HOSTS_KEY not in found:
+        # load_lenient lets an api_url from outside the file replace the file's host list.
+        found[HOSTS_KEY] = f"{found[API_URL_KEY]} for [ollama].api_url"
     return found
 
 
@@ -174,11 +212,14 @@ class ConfigManager(QObject):
         # A value the environment or the command line sets is shown in the form as it runs;
         # left untouched there, it must not be copied into the file.
         running = values_of(self.controller.gateway.config) if self.controller else {}
-        pinned = {
-            **{k: v for k, v in env_overridden(desktop_env()).items()},
-            **{k: "the command line" for k in self.overrides},
+        pinned = pinned_keys(desktop_env(), self.overrides)
+        values = {
+            k: v
+            for k, v in values.items()
+            if not (k in pinned and plain(v) == plain(running.get(k)))
         }
-        values = {k: v for k, v in values.items() if not (k in pinned and v == running.get(k))}
+        if HOSTS_KEY in values:
+            values[HOSTS_KEY] = hosts_toml(values[HOSTS_KEY])
         try:
             in_file = await asyncio.to_thread(
                 config_file.save, self.path, values, replace_broken=replace_broken

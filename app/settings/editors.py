@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
     QSpinBox,
 )
 
+from app.settings.hosts_editor import HostsCheck, HostsEditor
 from app.settings.keys import KeysEditor
 from app.settings.list_editor import ItemCheck, ListEditor
 from server.config import ConfigError, Key, validate_value
@@ -285,6 +286,7 @@ Editor = (
     | ModelEditor
     | ListEditor
     | KeysEditor
+    | HostsEditor
 )
 COMPACT = (BoolEditor, IntEditor, FloatEditor, ChoiceEditor)
 
@@ -300,6 +302,8 @@ def make_editor(key: Key) -> Editor:
         editor = FloatEditor(key)
     elif key.choices:
         editor = ChoiceEditor(key)
+    elif key.type == "hosts":
+        editor = HostsEditor(_hosts_check(key))
     elif (key.section, key.name) == KEYS_KEY:
         editor = KeysEditor(_item_check(key))
     elif key.type == "list":
@@ -327,5 +331,18 @@ def _item_check(key: Key) -> ItemCheck:
             prefix = f"{key.dotted} = {json.dumps([text], ensure_ascii=False)}: "
             return exc.problems[0].removeprefix(prefix)
         return None
+
+    return check
+
+
+def _hosts_check(key: Key) -> HostsCheck:
+    """Every problem the server finds in the host tables, each naming `ollama.hosts[N].field`."""
+
+    def check(tables: list[dict[str, Any]]) -> list[str]:
+        try:
+            validate_value(key, tables)
+        except ConfigError as exc:
+            return list(exc.problems)
+        return []
 
     return check

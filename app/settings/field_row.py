@@ -13,10 +13,12 @@ from PySide6.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QSizePolicy, QVBox
 
 from app.settings import tones
 from app.settings.editors import COMPACT, COMPACT_WIDTH, BoolEditor, Editor
-from server.config import ConfigError, Key, validate_value
+from app.settings.hosts_editor import HostsEditor
+from server.config import ConfigError, HostSpec, Key, validate_value
 
 OUTLINE = 2  # px around each editor, where the invalid frame is drawn
 WIDE_MAX = 560  # px: a host name or model in a field across the whole window reads poorly
+HOSTS_MAX = 860  # px: the hosts table has four columns, the URL and models wide ones
 
 
 class Outline(QWidget):
@@ -101,7 +103,7 @@ class FieldRow:
         if self.compact:  # one width for all: the help texts beside them line up
             self.outline.setFixedWidth(COMPACT_WIDTH + 2 * OUTLINE)
         else:
-            self.outline.setMaximumWidth(WIDE_MAX)
+            self.outline.setMaximumWidth(HOSTS_MAX if isinstance(editor, HostsEditor) else WIDE_MAX)
         for extra in extras:
             self.line_layout.addWidget(extra, 0, Qt.AlignmentFlag.AlignVCenter)
         if self.compact:
@@ -131,8 +133,14 @@ class FieldRow:
                 quoted = json.dumps(raw, ensure_ascii=False)
                 reason = problem.removeprefix(f"{self.key.dotted} = {quoted}: ")
                 problem = f"{self.key.dotted}: {reason}"
+            elif self.key.type == "hosts":
+                # One message per bad host field, each naming ollama.hosts[N].field: all of them.
+                problem = "\n".join(exc.problems)
             return None, problem
-        return (list(value) if isinstance(value, tuple) else value), ""
+        if isinstance(value, tuple):
+            # Host tables as the file writes them, so a Save can put them in [[ollama.hosts]].
+            value = [v.to_dict() if isinstance(v, HostSpec) else v for v in value]
+        return value, ""
 
     def show(self, error: str, warning: str = "") -> None:
         """Show the error (red) or, failing that, the warning (amber) under the editor."""

@@ -24,6 +24,7 @@ from PySide6.QtWidgets import (
 from app.settings import tones
 from app.settings.editors import ModelEditor, make_editor
 from app.settings.field_row import FieldRow
+from app.settings.hosts_editor import HostsEditor
 from app.settings.keys import KeysEditor
 from app.settings.list_editor import ListEditor
 from app.settings.notice import Notice
@@ -102,6 +103,7 @@ class SettingsPage(QWidget):
         self.save_hint.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
 
         self._url_key = next((k for k in self._keys if k.check == "url"), None)
+        self._hosts_key = next((k for k in self._keys if k.type == "hosts"), None)
         self._build()
         self.save_button.clicked.connect(self._on_save)
         self.revert_button.clicked.connect(self.revert)
@@ -318,6 +320,7 @@ class SettingsPage(QWidget):
             self._filling = False
         for row in self._rows.values():
             self._validate(row)
+        self._link_url_and_hosts()
 
     def _on_edited(self, row: FieldRow) -> None:
         if self._filling:
@@ -327,13 +330,29 @@ class SettingsPage(QWidget):
             # as if the edit were saved too. Errors stay (why the file was not written).
             self.set_status("", "info")
         self._validate(row)
+        if row.key in (self._url_key, self._hosts_key):
+            # api_url is the hosts' fallback, and unused while hosts are listed: each says so.
+            self._link_url_and_hosts()
         self._update_state()
+
+    def _row_of(self, key: Key | None) -> FieldRow | None:
+        return self._rows.get((key.section, key.name)) if key is not None else None
+
+    def _link_url_and_hosts(self) -> None:
+        url_row, hosts_row = self._row_of(self._url_key), self._row_of(self._hosts_key)
+        if url_row is None or hosts_row is None or not isinstance(hosts_row.editor, HostsEditor):
+            return
+        hosts_row.editor.set_fallback_url(str(url_row.editor.raw()))
+        self._validate(url_row)
 
     def _validate(self, row: FieldRow) -> None:
         _value, error = row.check()
         warning = ""
         flag = self._flagged.get((row.key.section, row.key.name))
-        if not error and flag:
+        if not error and flag and row.key is self._hosts_key:
+            # One message per bad host: the hosts that are fine run, the others are dropped.
+            warning = f"Not used from the file: {flag}. The hosts shown run, and Save writes them."
+        elif not error and flag:
             # "[cache].ttl_seconds = -5: must be a whole number 1..31536000"
             value, _, rule = flag.partition(" = ")[2].rpartition(": ")
             warning = (
@@ -341,6 +360,10 @@ class SettingsPage(QWidget):
             )
         elif not error and isinstance(row.editor, ModelEditor):
             warning = self._model_warning(row.editor.raw().strip())
+        elif not error and row.key is self._url_key:
+            hosts = self._row_of(self._hosts_key)
+            if hosts is not None and hosts.editor.raw():
+                warning = f"Not used while {hosts.key.dotted} lists hosts (below)."
         row.show(error, warning)
         if row.key is self._url_key:
             self.test_button.setEnabled(not error)
@@ -421,7 +444,7 @@ class SettingsPage(QWidget):
             palette = self.palette()
             for row in self._rows.values():
                 row.refresh_colors(palette)
-                if isinstance(row.editor, ListEditor):
+                if isinstance(row.editor, ListEditor | HostsEditor):
                     row.editor.refresh_colors(palette)
             tones.color_text(self.connection_result, self._connection_kind, palette)
             self._update_state()
