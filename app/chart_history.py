@@ -93,14 +93,11 @@ class ChartHistory:
         self._fine: deque[Point] = deque(maxlen=FINE_MAX)
         self._medium = _Means(MEDIUM_STEP_S)
         self._coarse = _Means(COARSE_STEP_S)
-        self.first: float | None = None
 
     def add(self, t: float, values: tuple[float, ...]) -> None:
         """One sample at time `t` (seconds, any monotonic clock), values in `SERIES` order."""
         if len(values) != len(SERIES):
             raise ValueError(f"chart history: {len(SERIES)} values expected, got {len(values)}")
-        if self.first is None:
-            self.first = t
         point = (t, *values)
         self._fine.append(point)
         while self._fine and self._fine[0][0] <= t - FINE_S:
@@ -111,10 +108,6 @@ class ChartHistory:
         self._coarse.add(point)
         if len(self._coarse) > COARSE_MAX:
             self._coarse.halve()
-
-    @property
-    def latest(self) -> float | None:
-        return self._fine[-1][0] if self._fine else None
 
     def __len__(self) -> int:
         """Points held, all tiers together: what memory the history takes."""

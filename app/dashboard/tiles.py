@@ -80,6 +80,10 @@ class Tile(QWidget):
     def sub_text(self) -> str:
         return self._sub_full
 
+    def sub_shown(self) -> str:
+        """The sub-line as drawn: elided when it does not fit."""
+        return self._sub.text()
+
     def _fit(self) -> None:
         width = self.contentsRect().width() - 24  # minus the layout's side margins
         font = QFont(self._big)

@@ -208,7 +208,7 @@ def test_the_ollama_tile_keeps_the_url_whole_and_tells_it_in_full(
         snapshot(ollama={"reachable": False, "url": url, "model": "qwen2.5-coder:32b-instruct"})
     )
     tile = window.tiles["ollama"]
-    shown = tile._sub.text()
+    shown = tile.sub_shown()
     host = url.removeprefix("http://")
     assert tile.sub_text() == f"qwen2.5-coder:32b-instruct · {host}"
     assert shown != tile.sub_text()  # too wide for the tile: something was cut…
@@ -223,7 +223,7 @@ def test_the_model_name_gives_way_to_the_url(qtbot: QtBot, window: DashboardWind
     window.show()
     qtbot.waitExposed(window)
     window.update_snapshot(snapshot(ollama={"reachable": False, "model": "llama3.2"}))
-    assert window.tiles["ollama"]._sub.text().endswith("· 127.0.0.1:11434")
+    assert window.tiles["ollama"].sub_shown().endswith("· 127.0.0.1:11434")
 
 
 def test_status_bar_shows_the_version_only_while_ollama_answers(window: DashboardWindow) -> None:
