@@ -84,8 +84,10 @@ class RepeatFilter(logging.Filter):
         with self._lock:
             run = self._runs.get(key)
             if run is None or (not run.held and now - run.since >= self.interval):
-                if len(self._runs) >= MAX_REMEMBERED:
-                    self._forget(now)
+                if run is None and len(self._runs) >= MAX_REMEMBERED:
+                    self._forget()
+                # Re-inserted at the end, so the oldest runs come first (see _forget).
+                self._runs.pop(key, None)
                 self._runs[key] = _Run(since=now)
                 return True
             if now - run.since >= self.interval:
@@ -117,10 +119,22 @@ class RepeatFilter(logging.Filter):
             self._runs[key] = _Run(since=now)
         self.handler.handle(summary)
 
-    def _forget(self, now: float) -> None:
-        for key, run in list(self._runs.items()):
-            if not run.held and now - run.since >= self.interval:
-                del self._runs[key]
+    def _forget(self) -> None:
+        """Make room for one more message: forget the oldest one that holds no repeats.
+
+        Amortised O(1): the access log's lines are all distinct (each has its request id), so
+        at thousands of requests a second the memory is always full. Scanning it for expired
+        runs cost ~1 ms per line and grew without bound while nothing had expired. A message
+        forgotten before its interval ended merely lets its next repeat through. A run holding
+        repeats is moved to the end instead, so its summary still comes.
+        """
+        runs = self._runs
+        for _ in range(len(runs)):
+            key = next(iter(runs))
+            run = runs.pop(key)
+            if not run.held:
+                return
+            runs[key] = run
 
 
 def _key(record: logging.LogRecord) -> _Key:
