@@ -71,8 +71,10 @@ def plain(value: Any) -> Any:
 
 
 def hosts_toml(value: Any) -> Any:
-    """`[ollama].hosts` as `[[ollama.hosts]]` tables, the way the shipped config.toml shows them
-    (tomlkit puts them after the section's other keys); none as `hosts = []`."""
+    """`[ollama].hosts` as the file writes it: `[[ollama.hosts]]` tables (tomlkit puts them after
+    the section's other keys) with a blank line before the next section, or `hosts = []`. The
+    running config's HostSpecs become plain tables, which also makes an unchanged list compare
+    equal to the file's, so it is not rewritten."""
     tables = plain(value)
     if not tables:
         return []

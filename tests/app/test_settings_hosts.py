@@ -226,9 +226,11 @@ class Running:
 
 
 @pytest.fixture
-def start_from_file(qtbot, qloop, tmp_path) -> Iterator[Callable[[str], Running]]:
+def start_from_file(qtbot, qloop, tmp_path, monkeypatch) -> Iterator[Callable[[str], Running]]:
     """The companion started from a user's file as it is: nothing pinned from the command line
     (which, for api_url, would set the file's hosts aside)."""
+    # The desktop app's answer cache is a file in the user's cache directory: this test's own.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     started: list[Running] = []
 
     def start(text: str) -> Running:
@@ -308,7 +310,8 @@ def test_a_second_host_added_on_the_page_is_saved_as_tables_and_runs(
         HostSpec(sim_url),
         HostSpec(second_sim, 2, 1.0, ("qwen2.5:7b",)),
     )
-    # Comments elsewhere are kept, and only the hosts changed.
+    # Comments elsewhere are kept, only the hosts changed, and the next section stands apart.
+    assert "\n\n[cache]\n" in text
     assert "ttl_seconds = 3600  # an hour, as agreed" in text
     assert "# Cache complete answers in RAM" in text
     assert text.startswith(before.split("[ollama]")[0])
@@ -355,3 +358,24 @@ def test_a_file_with_hosts_is_shown_clean_and_not_rewritten(
     after = app.path.read_text()
     assert after == before.replace("ttl_seconds = 3600", "ttl_seconds = 600")
     assert hosts in after  # byte for byte, comments included
+
+    # The same through the manager given every running value (hosts as the gateway holds them).
+    values = values_of(app.companion.controller.gateway.config)
+    values[("cache", "ttl_seconds")] = 700
+    task = app.companion.config_manager.save(values)
+    qtbot.waitUntil(task.done, timeout=5000)
+    task.result()
+    assert app.path.read_text() == before.replace("ttl_seconds = 3600", "ttl_seconds = 700")
+
+
+def test_an_api_url_from_the_command_line_marks_the_hosts_as_set_aside(
+    start_app, qtbot: QtBot, sim_url: str
+) -> None:
+    hosts = f'[[ollama.hosts]]\nurl = "{sim_url}"\nmax_concurrent = 2\n'
+    app = start_app(file_text=user_file("http://localhost:1", hosts))  # pins api_url
+    page = app.companion.dashboard.settings
+    assert app.controller.gateway.config.ollama.hosts == ()  # api_url alone runs
+    assert page.field_source("ollama", "hosts") == (
+        "Set by the command line for [ollama].api_url, which wins over the config file: an edit "
+        "here is saved to the file but does not run."
+    )
