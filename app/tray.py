@@ -77,6 +77,7 @@ class Tray(QObject):
         self.icon.setContextMenu(self.menu)
         self.icon.activated.connect(self._on_activated)
         self.state = "starting"
+        self.actions["flush"].setEnabled(False)  # no server to flush until it serves
         # A tray shows one message at a time and a new one replaces it at once: queue them, so
         # "Configuration problem" is not wiped a second later by "Ollama unreachable".
         self._showing: tuple[str, str] | None = None

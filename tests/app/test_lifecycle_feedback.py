@@ -9,6 +9,8 @@ import socket
 
 import aiohttp
 
+from app.tray import Tray
+
 CHAT = "/api/chat-optimized"
 LONG = {"sim_tokens": 400, "sim_token_delay_ms": 20}  # 8 s: longer than any test waits
 
@@ -156,6 +158,8 @@ def test_the_flush_dialog_counts_what_is_cached_now(start_app, run):
 
 
 def test_the_tray_cannot_flush_without_a_server(start_app, qtbot):
+    fresh = Tray()
+    assert not fresh.actions["flush"].isEnabled()  # while the server starts
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
