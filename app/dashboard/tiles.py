@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from PySide6.QtCore import QEvent, QRectF, Qt
 from PySide6.QtGui import QFont, QFontMetrics, QPainter, QPaintEvent, QPalette, QResizeEvent
 from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
-from app.dashboard.colors import text_tone
+from app.dashboard.colors import WARN, text_tone
 
 VALUE_SCALE = 1.55  # headline size relative to the body font
 
@@ -139,3 +142,31 @@ class Tile(QWidget):
         painter.setPen(palette.color(QPalette.ColorRole.Mid))
         painter.setBrush(palette.color(QPalette.ColorRole.Base))
         painter.drawRoundedRect(QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5), 6, 6)
+
+
+TIER_LABELS = {"memory": "RAM", "sqlite": "disk", "redis": "Redis"}
+
+
+def tier_summary(tiers: Mapping[str, Any] | None) -> tuple[str, str, str | None]:
+    """The cache tile's view of the cache tiers (`response_cache.tiers`): a sub-line suffix
+    naming the tiers behind RAM (" · disk, Redis down"), a tooltip line per tier, and WARN
+    when one is down. Nothing when RAM is the only tier (or the server sends no tiers)."""
+    behind = {k: v for k, v in (tiers or {}).items() if k != "memory" and isinstance(v, Mapping)}
+    if not behind:
+        return "", "", None
+    names = [
+        TIER_LABELS.get(name, name) + ("" if t.get("state") == "up" else f" {t.get('state')}")
+        for name, t in behind.items()
+    ]
+    lines = []
+    for name, t in (tiers or {}).items():
+        if not isinstance(t, Mapping):
+            continue
+        state = str(t.get("state", "?"))
+        reason = f" ({t['reason']})" if t.get("reason") else ""
+        lines.append(
+            f"{TIER_LABELS.get(name, name)}: {state}{reason}, "
+            f"{int(t.get('entries', 0)):,} entries, {int(t.get('hits', 0)):,} hits"
+        )
+    down = any(t.get("state") == "down" for t in behind.values())
+    return " · " + ", ".join(names), "\n".join(lines), WARN if down else None

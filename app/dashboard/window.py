@@ -37,7 +37,7 @@ from app.dashboard.models_view import ModelsView
 from app.dashboard.queue_view import QueueView
 from app.dashboard.quit_banner import QuitBanner
 from app.dashboard.requests_model import ANONYMOUS, COLUMNS, RequestsModel
-from app.dashboard.tiles import Tile
+from app.dashboard.tiles import Tile, tier_summary
 from app.settings import SettingsPage
 
 log = logging.getLogger("chatbot.ui")
@@ -240,8 +240,12 @@ class DashboardWindow(QMainWindow):
         if cache.get("enabled", True):
             entries = int(cache.get("entries", 0))
             max_mb = cache.get("max_size_mb", 0)
+            tiers, tiers_detail, tiers_tone = tier_summary(cache.get("tiers"))
             self.tiles["cache"].set_values(
-                fmt.count(entries, "entry", "entries"), f"{fmt.megabytes(size_mb)} of {max_mb} MB"
+                fmt.count(entries, "entry", "entries"),
+                f"{fmt.megabytes(size_mb)} of {max_mb} MB{tiers}",
+                tiers_tone,
+                detail=tiers_detail,
             )
             self._cache_summary = (
                 f"{fmt.count(entries, 'cached response')} ({fmt.megabytes(size_mb)} MB)"

@@ -35,6 +35,13 @@ def qloop(qapp) -> Iterator[asyncio.AbstractEventLoop]:
     executor.shutdown(wait=True)
 
 
+@pytest.fixture(autouse=True)
+def own_cache_dir(tmp_path, monkeypatch) -> None:
+    """The desktop app keeps answers in a SQLite file in the platform cache directory
+    ([cache].backend auto): each test gets its own, never the user's or another test's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 @pytest.fixture
 def run(qtbot, qloop) -> Callable[..., Any]:
     """Run a coroutine on the shared loop while Qt keeps processing events."""
