@@ -36,7 +36,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
-from server.errors import BadRequest, GatewayError
+from server.errors import BadRequest, GatewayError, UpstreamError, UpstreamTimeout
 from server.gateway import Gateway
 from server.services.cache import normalize_model
 from server.services.hosts import Host, HostPool
@@ -126,10 +126,10 @@ async def _json_of(host: Host, path: str) -> dict[str, Any]:
     async with asyncio.timeout(META_TIMEOUT_S):
         status, _, data = await host.client.send("GET", path)
     if status != 200:
-        raise GatewayError(f"{host.url}{path} answered {status}", status=502)
+        raise UpstreamError(f"Ollama at {host.url} answered {path} with {status}")
     parsed = json.loads(data)
     if not isinstance(parsed, dict):
-        raise GatewayError(f"{host.url}{path} sent unexpected JSON", status=502)
+        raise UpstreamError(f"Ollama at {host.url} sent unexpected JSON for {path}")
     return parsed
 
 
@@ -150,11 +150,9 @@ async def _from_each(hosts: Sequence[Host], path: str) -> list[tuple[Host, dict[
     if not answers and first_error is not None:
         if isinstance(first_error, GatewayError):
             raise first_error
-        raise GatewayError(
-            f"no Ollama host answered {path} ({first_error or 'timed out'})",
-            code="ollama_unreachable",
-            status=502,
-        )
+        if isinstance(first_error, TimeoutError):
+            raise UpstreamTimeout(f"no Ollama host answered {path} within {META_TIMEOUT_S:g} s")
+        raise UpstreamError(f"no Ollama host sent JSON for {path} ({first_error})")
     return answers
 
 
@@ -259,6 +257,7 @@ class ProgressFanOut:
         )
         self.done: list[Host] = []
         self.failed: list[tuple[Host, str]] = []
+        self.failed_status = 0  # the first failure's HTTP status, for a `stream: false` answer
         self.gone = False  # the client went away
 
     async def run(self, hosts: Sequence[Host]) -> None:
@@ -281,7 +280,7 @@ class ProgressFanOut:
             return self.resp
         if self.failed:
             if not self.stream:
-                self.resp.set_status(502)
+                self.resp.set_status(self.failed_status or 502)
             await self._write({"error": _summary(self.action, self.failed, self.done)})
         else:
             await self._write({"status": "success"})
@@ -310,12 +309,18 @@ class ProgressFanOut:
                             return
                 last = await self._line(bytes(held), host) or last
         except GatewayError as exc:
-            self.failed.append((host, exc.message))
+            self._fail(host, exc.message, exc.status)
             return
         if status == 200 and last.get("status") == "success":
             self.done.append(host)
         else:
-            self.failed.append((host, str(last.get("error") or f"HTTP {status}")))
+            self._fail(host, str(last.get("error") or f"HTTP {status}"), status)
+
+    def _fail(self, host: Host, why: str, status: int) -> None:
+        self.failed.append((host, why))
+        if not self.failed_status:
+            # A 200 whose stream ended in an error line is the host's failure: 502.
+            self.failed_status = status if status >= 400 else 502
 
     async def _line(self, line: bytes, host: Host) -> dict[str, Any] | None:
         """Pass a progress line on with its host; hold back `success` and errors for the end."""

@@ -268,3 +268,28 @@ async def test_a_hung_host_is_left_out_and_a_call_named_to_it_times_out(
     async with http.get(f"{server.url}/api/ps", headers={"X-Ollama-Host": "1"}) as r:
         assert r.status == 504
         assert list(await r.json()) == ["error"]
+
+
+async def test_copy_goes_to_every_host_that_has_the_source(three: Three, http):
+    copy = {"source": "llama3.2", "destination": "helper"}
+    async with http.post(f"{three.server.url}/api/copy", json=copy) as r:
+        assert r.status == 200
+    assert [await endpoint_count(s, "POST /api/copy") for s in three.sims] == [1, 1, 0]
+    helper = next(m for m in await tags_of(http, three.server.url) if m["name"] == "helper:latest")
+    assert helper["hosts"] == three.urls[:2]
+
+
+async def test_a_pull_with_stream_false_is_one_json_answer_for_all_hosts(three: Three, http):
+    body = {"model": "gemma3", "stream": False}
+    async with http.post(f"{three.server.url}/api/pull", json=body) as r:
+        assert r.status == 200
+        assert await r.json() == {"status": "success"}
+    assert [await endpoint_count(s, "POST /api/pull") for s in three.sims] == [1, 1, 1]
+    fault = {"mode": "error", "status": 503}
+    async with http.post(f"{three.urls[2]}/simulator/fault", json=fault) as r:
+        assert r.status == 200
+    async with http.post(f"{three.server.url}/api/pull", json={**body, "model": "qwen3"}) as r:
+        assert r.status == 503  # the failing host's own status
+        error = (await r.json())["error"]
+        assert f"pull failed on {three.urls[2]}" in error
+        assert f"succeeded on {three.urls[0]}, {three.urls[1]}" in error
