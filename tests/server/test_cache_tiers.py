@@ -19,9 +19,11 @@ from server.services.cache import CachedAnswer
 from server.services.cache_redis import PREFIX
 from server.services.cache_sqlite import SqliteTier
 from tests.conftest import Server, Sim, free_port, parse_sse, user, wait_for
+from tests.server import test_web_dashboard
 
 CHAT = "/api/chat-optimized"
 STATS = "/api/cache-stats"
+browser = test_web_dashboard.browser  # the Chromium fixture (skips when there is none)
 REDIS = shutil.which("redis-server") or shutil.which("valkey-server")
 
 
@@ -387,3 +389,45 @@ async def test_flush_clears_redis_too(start_server, sim, http, redis):
 
 def test_keys_are_namespaced_with_a_format_version():
     assert PREFIX.startswith("chatbot-companion:v")
+
+
+# -- the web dashboard -----------------------------------------------------------------------
+
+
+async def test_the_web_dashboard_shows_the_tiers_and_what_a_flush_cleared(
+    start_server, http, browser, tmp_path
+):
+    db = tmp_path / "answers.sqlite3"
+    server = await start_server(cache__backend="sqlite", cache__disk_path=str(db))
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(server.url + "/dashboard", wait_until="domcontentloaded")
+    await page.locator("#t-cache-tiers", has_text="disk up · 0 · 0 hits").wait_for()
+    await ask(http, server, "for the page")
+    await written(server, "sqlite", 1)
+    await page.locator("#t-cache-tiers", has_text="disk up · 1 · 0 hits").wait_for()
+
+    async def accept(dialog: Any) -> None:
+        await dialog.accept()
+
+    page.on("dialog", accept)
+    await page.click("#flush")
+    await page.locator("#flush-result", has_text="Flushed: RAM 1, disk 1").wait_for()
+
+    broken = tmp_path / "broken.sqlite3"
+    broken.write_bytes(b"garbage " * 100)
+    down = await start_server(cache__backend="sqlite", cache__disk_path=str(broken))
+    await page.goto(down.url + "/dashboard", wait_until="domcontentloaded")
+    tiers_line = page.locator("#t-cache-tiers.bad", has_text="disk down")
+    await tiers_line.wait_for()
+    assert "not a database" in (await tiers_line.get_attribute("title") or "")
+    assert errors == []
+
+
+async def test_a_memory_only_gateway_shows_no_tier_line(start_server, browser):
+    server = await start_server()
+    page = await browser.new_page()
+    await page.goto(server.url + "/dashboard", wait_until="domcontentloaded")
+    await page.locator("#t-cache", has_text="0 entries").wait_for()
+    assert await page.locator("#t-cache-tiers").is_hidden()

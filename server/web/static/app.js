@@ -44,6 +44,31 @@ function recentHitRate(now, cache) {
   return hits + misses > 0 ? hits / (hits + misses) : cache.hit_rate;
 }
 
+// The cache tiers behind RAM (response_cache.tiers): "disk up · 40 · Redis down", reasons on hover.
+const TIER_LABELS = { memory: "RAM", sqlite: "disk", redis: "Redis" };
+
+function tierLabel(name) {
+  return TIER_LABELS[name] || name;
+}
+
+function renderTiers(tiers) {
+  const el = $("t-cache-tiers");
+  const behind = Object.entries(tiers || {}).filter(([name]) => name !== "memory");
+  el.hidden = behind.length === 0;
+  el.textContent = behind
+    .map(([name, t]) => `${tierLabel(name)} ${t.state}${t.state === "up" ? ` · ${t.entries} · ${t.hits} hits` : ""}`)
+    .join(" · ");
+  el.className = behind.some(([, t]) => t.state === "down") ? "tiers bad" : "tiers";
+  el.title = Object.entries(tiers || {})
+    .map(([name, t]) => `${tierLabel(name)}: ${t.state}${t.reason ? ` (${t.reason})` : ""}, ${t.entries} entries, ${t.hits} hits`)
+    .join("\n");
+}
+
+function flushedText(tiers) {
+  const parts = Object.entries(tiers || {}).map(([name, n]) => `${tierLabel(name)} ${n}`);
+  return `Flushed: ${parts.join(", ")}`;
+}
+
 function render(snap) {
   latest = snap;
   const now = performance.now() / 1000;
@@ -54,6 +79,7 @@ function render(snap) {
   text("t-hit-sub", `${cache.hits} hits · ${cache.misses} misses`);
   text("t-cache", `${cache.entries} entries`);
   text("t-cache-sub", `${mb(cache.size_bytes)} of ${cache.max_size_mb} MB`);
+  renderTiers(cache.tiers);
   text("t-queue", `${queue.waiting} waiting · ${queue.active} active`);
   text("t-queue-sub", `max ${queue.max_concurrent} at once · ${queue.completed} completed`);
   text("t-mem", `${snap.memory.rss_mb} MB`);
@@ -233,6 +259,7 @@ function setUp() {
       body: JSON.stringify({ action: "clear" }),
     });
     if (!resp.ok) alert(`Could not flush the cache: ${await errorText(resp)}`);
+    else text("flush-result", flushedText((await resp.json()).tiers));
   });
   window.addEventListener("resize", drawCharts);
   setUpPlayground();
