@@ -249,7 +249,7 @@ class Gateway:
             if hit is not None:
                 self.tickets.drop_reservation(ticket)
                 return ChatStream(self._replay(req, hit, ticket), hit=hit)
-            if req.cache_read and self.tiers.active and not tiers_asked:
+            if req.cache_read and self.tiers_on and not tiers_asked:
                 # The tiers behind RAM are asked inside the stream (they are I/O). The place in
                 # line is taken now, so a full queue is still refused before any header.
                 if ticket.reservation is None:
@@ -259,6 +259,7 @@ class Gateway:
                         owner=req.user,
                         max_waiting=self.config.auth.max_waiting_per_user,
                     )
+                self._about[ticket] = (req.endpoint, req.model)
                 return ChatStream(self._from_tiers(req, key, ticket, priority))
             gen, joined = self._generation_for(req, key, ticket, priority)
         except BaseException as exc:
@@ -302,7 +303,7 @@ class Gateway:
             )
 
         def store(answer: Answer) -> None:
-            if self.tiers.active:
+            if self.tiers_on:
                 self.tiers.put(key, _cached(req.model, answer))
             self.cache.put(
                 key,
@@ -492,9 +493,9 @@ class Gateway:
         self, req: ChatRequest, priority: Priority | None = None
     ) -> tuple[str, Done]:
         """The whole answer at once (non-streaming clients); queue updates are not needed."""
-        if self.tiers.active:
+        if self.tiers_on:
             await self._fill_from_tiers([req])
-        stream = self.chat(req, priority, tiers_asked=self.tiers.active)
+        stream = self.chat(req, priority, tiers_asked=self.tiers_on)
         if stream.hit is not None:
             # Fast path: no word splitting for a client that wants the whole text anyway.
             await stream.aclose()
@@ -548,7 +549,7 @@ class Gateway:
         first_of: dict[str, int] = {}
         twins: dict[int, list[int]] = {}
         to_run: list[tuple[int, ChatRequest]] = []
-        if self.tiers.active:
+        if self.tiers_on:
             await self._fill_from_tiers([i for i in items if isinstance(i, ChatRequest)])
         for i, item in enumerate(items):
             if isinstance(item, GatewayError):
@@ -656,6 +657,11 @@ class Gateway:
         done.update(await self.tiers.clear())
         log.info("cache tiers flushed: %s", done)
         return done
+
+    @property
+    def tiers_on(self) -> bool:
+        """Tiers behind RAM exist and the cache is on (`[cache].enabled` off skips them too)."""
+        return self.cache.enabled and self.tiers.active
 
     def cache_tiers(self) -> dict[str, dict[str, Any]]:
         """Each tier's state, entries and hits: memory first, then those behind it."""
