@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from server.errors import GatewayError
 
 if TYPE_CHECKING:
     from server.gateway import Gateway
+    from server.services.hosts import Host
     from server.streams import RequestRecord
 
 # Not CHATBOT_…: that prefix is reserved for settings, and this is a switch for measurements.
@@ -245,7 +246,7 @@ class _ServiceCollector(Collector):
                 "chatbot_upstream_errors",
                 "Chat and generate calls to Ollama that failed (unreachable, HTTP error, "
                 "timeout, broken stream).",
-                g.ollama.counters.errors,
+                sum(h.client.counters.errors for h in g.hosts.hosts),
             ),
             (
                 "chatbot_queue_rejected",
@@ -260,13 +261,13 @@ class _ServiceCollector(Collector):
         )
         for name, help_text, value in counters:
             yield CounterMetricFamily(name, help_text, value=value)
-        reachable = bool(g.ollama.reachable)
+        reachable = bool(g.hosts.up())
         gauges = (
             ("chatbot_queue_waiting_requests", "Generations waiting for a slot.", g.queue.waiting),
             ("chatbot_queue_running_requests", "Generations holding a slot.", g.queue.active),
             ("chatbot_cache_entries", "Answers in the response cache.", g.cache.entries),
             ("chatbot_cache_size_bytes", "Accounted bytes of cached answers.", g.cache.size_bytes),
-            ("chatbot_ollama_up", "1 if the latest contact with Ollama succeeded.", reachable),
+            ("chatbot_ollama_up", "1 if an Ollama host is up.", reachable),
             (
                 "chatbot_resident_memory_bytes",
                 "Resident memory (RSS) of the gateway's process.",
@@ -276,6 +277,25 @@ class _ServiceCollector(Collector):
         for name, help_text, value in gauges:
             yield GaugeMetricFamily(name, help_text, value=float(value))
         yield from _tier_families(g.cache_tiers())
+        yield from _host_families(g.hosts.hosts)
+
+
+def _host_families(hosts: Iterable[Host]) -> Iterator[Metric]:
+    """Each Ollama host, labelled `host` (its URL): up, and its requests running."""
+    up = GaugeMetricFamily(
+        "chatbot_ollama_host_up",
+        "1 if the Ollama host is up (0: down or not probed yet).",
+        labels=["host"],
+    )
+    running = GaugeMetricFamily(
+        "chatbot_ollama_host_running",
+        "Generations and embeddings running on the Ollama host.",
+        labels=["host"],
+    )
+    for host in hosts:
+        up.add_metric([host.url], float(host.state == "up"))
+        running.add_metric([host.url], float(host.running))
+    yield from (up, running)
 
 
 def _tier_families(tiers: dict[str, dict[str, Any]]) -> Iterator[Metric]:

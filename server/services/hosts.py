@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -306,17 +307,31 @@ class HostPool:
         return True
 
     async def run(self) -> None:
-        """Probe each host when it is due, for as long as the gateway runs."""
-        while True:
-            now = time.monotonic()
-            due = [h for h in self.hosts if h.next_probe_at <= now]
-            if due:
-                await asyncio.gather(*(self.probe(h) for h in due))
-                continue
-            self._wake.clear()
-            wait = min(h.next_probe_at for h in self.hosts) - now
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.01, wait))
+        """Probe each host when it is due, for as long as the gateway runs. Each probe is a
+        task of its own: a host that hangs holds up only its own probe."""
+        probing: dict[Host, asyncio.Task[bool]] = {}
+        try:
+            while True:
+                now = time.monotonic()
+                for host in self.hosts:
+                    if host.next_probe_at <= now and host not in probing:
+                        task = asyncio.create_task(self.probe(host), name=f"probe {host.url}")
+                        probing[host] = task
+                        task.add_done_callback(functools.partial(self._probed, probing, host))
+                self._wake.clear()
+                waiting = [h.next_probe_at for h in self.hosts if h not in probing]
+                wait = min(waiting, default=now + 1) - now
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(0.01, wait))
+        finally:
+            for task in probing.values():
+                task.cancel()
+
+    def _probed(
+        self, probing: dict[Host, asyncio.Task[bool]], host: Host, _: asyncio.Task[bool]
+    ) -> None:
+        probing.pop(host, None)
+        self._wake.set()  # its next probe time is set: the loop sleeps until the earliest
 
     def _mark_up(self, host: Host) -> None:
         was = host.state
