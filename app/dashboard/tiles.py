@@ -83,6 +83,10 @@ class Tile(QWidget):
     def sub_text(self) -> str:
         return self._sub_full
 
+    def tone(self) -> str | None:
+        """The colour the value is tinted with (None: the palette's text colour)."""
+        return self._tone
+
     def sub_shown(self) -> str:
         """The sub-line as drawn: elided when it does not fit."""
         return self._sub.text()

@@ -1,6 +1,6 @@
 """The dashboard window: an Overview tab with the banner, tiles, the per-endpoint, per-model and
-per-user breakdown, charts, the recent requests, live queue and per-model tables, and the log
-tail, rendering the once-a-second snapshot into them, and a Settings tab. It never calls
+per-user breakdown, charts, the recent requests, live queue, per-model and hosts tables, and the
+log tail, rendering the once-a-second snapshot into them, and a Settings tab. It never calls
 services; it emits signals."""
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from PySide6.QtCore import QEvent, Qt, Signal
-from PySide6.QtGui import QCloseEvent, QFont, QKeyEvent, QKeySequence, QPalette, QShortcut
+from PySide6.QtGui import (
+    QCloseEvent,
+    QColor,
+    QFont,
+    QKeyEvent,
+    QKeySequence,
+    QPalette,
+    QShortcut,
+)
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDialog,
@@ -31,7 +39,8 @@ from app.dashboard import formatting as fmt
 from app.dashboard.banner import StateBanner, restart_news_over
 from app.dashboard.breakdown import Breakdown
 from app.dashboard.charts import ChartPanel
-from app.dashboard.colors import BAD, GOOD
+from app.dashboard.colors import BAD, GOOD, text_tone
+from app.dashboard.hosts_view import HostsView, tile_view, valid_hosts
 from app.dashboard.log_tail import LogView
 from app.dashboard.models_view import ModelsView
 from app.dashboard.queue_view import QueueView
@@ -129,6 +138,7 @@ class DashboardWindow(QMainWindow):
         self.queue_view = QueueView()
         self.queue_view.cancel_requested.connect(self.cancel_requested)
         self.models_view = ModelsView()
+        self.hosts_view = HostsView()
         # The recent requests, the live queue and the per-model table share one place: at the
         # minimum size (880×600) there is no height for three tables at once.
         self.activity = QTabWidget()
@@ -190,6 +200,7 @@ class DashboardWindow(QMainWindow):
         self.activity.addTab(self.requests_table, "Recent requests")
         self.activity.addTab(self.queue_view, "Live queue")
         self.activity.addTab(self.models_view, "Models")
+        self.activity.addTab(self.hosts_view, "Hosts")
         self.activity.setTabToolTip(
             self.activity.indexOf(self.queue_view),
             "Requests being answered and waiting now; cancel them here",
@@ -197,6 +208,10 @@ class DashboardWindow(QMainWindow):
         self.activity.setTabToolTip(
             self.activity.indexOf(self.models_view),
             "Requests, hit rate and generation time per model, and what Ollama has installed",
+        )
+        self.activity.setTabToolTip(
+            self.activity.indexOf(self.hosts_view),
+            "The Ollama hosts behind the gateway: up or down, load, models installed and loaded",
         )
         splitter.addWidget(self.activity)
         splitter.addWidget(_section("Log", self.log_view))
@@ -262,7 +277,7 @@ class DashboardWindow(QMainWindow):
             # Requests answered on every endpoint (hits included), and failed generations.
             f"{snap.get('requests_total', 0):,} total · {queue.get('failed', 0):,} failed",
         )
-        self._render_ollama(ollama)
+        self._render_ollama(ollama, valid_hosts(snap.get("hosts")))
         self.breakdown.set_counts("endpoints", snap.get("endpoints"))
         self.breakdown.set_counts("models", snap.get("models"))
         self._render_users(snap.get("users"))
@@ -270,6 +285,7 @@ class DashboardWindow(QMainWindow):
         self.chart_panel.update_snapshot(snap)
         self._render_recent(snap.get("recent") or [])
         self._render_queue(snap)
+        self._render_hosts(snap.get("hosts"))
         self.models_view.set_models(
             snap.get("models"),
             snap.get("ollama_models"),
@@ -308,8 +324,18 @@ class DashboardWindow(QMainWindow):
 
     # -- rendering helpers ------------------------------------------------------------------
 
-    def _render_ollama(self, ollama: Mapping[str, Any]) -> None:
+    def _render_ollama(
+        self, ollama: Mapping[str, Any], hosts: list[Mapping[str, Any]] | None = None
+    ) -> None:
         model = str(ollama.get("model") or "no model")
+        several = tile_view(hosts or [])
+        if several is not None:
+            # Several hosts: how many are up, each one in the tooltip; the latency is the
+            # first host up's, as `ollama` reports it.
+            latency = ollama.get("latency_ms") if ollama.get("reachable") else None
+            sub = f"{model} · {fmt.millis(latency)} ms" if latency is not None else model
+            self.tiles["ollama"].set_values(several.value, sub, several.tone, detail=several.detail)
+            return
         full_url = f"Ollama at {ollama['url']}" if ollama.get("url") else ""
         if ollama.get("reachable"):
             latency = ollama.get("latency_ms")
@@ -346,6 +372,24 @@ class DashboardWindow(QMainWindow):
         index = self.activity.indexOf(self.queue_view)
         if self.activity.tabText(index) != title:
             self.activity.setTabText(index, title)
+
+    def _render_hosts(self, hosts: Any) -> None:
+        self.hosts_view.set_hosts(hosts)
+        title = self.hosts_view.summary.title
+        index = self.activity.indexOf(self.hosts_view)
+        if self.activity.tabText(index) != title:
+            self.activity.setTabText(index, title)
+        self._tone_hosts_tab()
+
+    def _tone_hosts_tab(self) -> None:
+        """The Hosts tab's title in the warning colour while a host is down (legible on this
+        palette; an invalid colour gives the tab bar's own text colour back)."""
+        tone = self.hosts_view.summary.tone
+        color = text_tone(tone, self.palette()) if tone else QColor()
+        bar = self.activity.tabBar()
+        index = self.activity.indexOf(self.hosts_view)
+        if bar.tabTextColor(index) != color:
+            bar.setTabTextColor(index, color)
 
     def _render_status(
         self, snap: Mapping[str, Any], queue: Mapping[str, Any], ollama: Mapping[str, Any]
@@ -473,4 +517,6 @@ class DashboardWindow(QMainWindow):
             self.requests_model.set_palette(self.palette())
             self.queue_view.palette_changed(self.palette())
             self.models_view.palette_changed(self.palette())
+            self.hosts_view.palette_changed(self.palette())
+            self._tone_hosts_tab()
         super().changeEvent(event)
