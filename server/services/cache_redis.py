@@ -49,20 +49,27 @@ class RedisTier(Tier):
     def __init__(self, url: str, *, ttl_seconds: float) -> None:
         super().__init__(ttl_seconds)
         self.url = url
-        self.client: Redis = Redis.from_url(
-            url,
+        self.client = self._connect()
+        self._closed = False
+        self._queue: asyncio.Queue[tuple[str, bytes, int]] = asyncio.Queue(QUEUE_SIZE)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._counted_at = 0.0
+
+    def _connect(self) -> Redis:
+        return Redis.from_url(
+            self.url,
             socket_timeout=OP_TIMEOUT_S,
             socket_connect_timeout=OP_TIMEOUT_S,
             # No retries inside the client: the watcher reconnects, requests never wait on it.
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
-        self._queue: asyncio.Queue[tuple[str, bytes, int]] = asyncio.Queue(QUEUE_SIZE)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._wake = asyncio.Event()
-        self._counted_at = 0.0
 
     async def start(self) -> None:
+        if self._closed:  # stopped and started again: a fresh client and queue
+            self.client, self._queue = self._connect(), asyncio.Queue(QUEUE_SIZE)
+            self._closed = False
         await self._probe()
         self._tasks = [
             asyncio.create_task(self._watch(), name="redis-tier-watch"),
@@ -80,6 +87,8 @@ class RedisTier(Tier):
         self._tasks.clear()
         with contextlib.suppress(*_ERRORS):
             await self.client.aclose()
+        self._closed = True
+        self.state, self.reason = "starting", ""
 
     def _down(self, reason: str) -> None:
         super()._down(reason)

@@ -61,7 +61,7 @@ class SqliteTier(Tier):
         self.path = path
         self.max_size_mb = max_size_mb
         self.size_bytes = 0
-        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cache-read")
+        self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._queue: queue.Queue[tuple[str, bytes] | _Clear | None] = queue.Queue(QUEUE_SIZE)
         self._writer: threading.Thread | None = None
@@ -69,6 +69,9 @@ class SqliteTier(Tier):
     # -- lifecycle (the loop awaits; the threads do the I/O) -----------------------------------
 
     async def start(self) -> None:
+        # Made here, not in __init__: a gateway stopped and started again gets fresh threads.
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cache-read")
+        self._queue = queue.Queue(QUEUE_SIZE)
         loop = asyncio.get_running_loop()
         try:
             await loop.run_in_executor(self._reader, self._open)
@@ -106,9 +109,12 @@ class SqliteTier(Tier):
             self._writer = None
             await asyncio.get_running_loop().run_in_executor(None, self._stop_writer, writer)
         conn, self._read_conn = self._read_conn, None
-        if conn is not None:
-            await asyncio.get_running_loop().run_in_executor(self._reader, conn.close)
-        self._reader.shutdown(wait=False)
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(reader, conn.close)
+            reader.shutdown(wait=False)
+        self.state, self.reason = "starting", ""
 
     def _stop_writer(self, writer: threading.Thread) -> None:
         # The queued writes go first (a restart keeps them); a stuck file gets 5 s at most.
@@ -121,10 +127,11 @@ class SqliteTier(Tier):
     # -- lookups ----------------------------------------------------------------------------
 
     async def get(self, key: str) -> CachedAnswer | None:
-        if not self.up:
+        reader = self._reader
+        if not self.up or reader is None:
             return None
         try:
-            row = await asyncio.get_running_loop().run_in_executor(self._reader, self._read, key)
+            row = await asyncio.get_running_loop().run_in_executor(reader, self._read, key)
         except sqlite3.Error as exc:
             self._down(f"{self.path}: {exc}")
             return None

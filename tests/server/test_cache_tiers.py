@@ -109,6 +109,28 @@ async def test_a_streamed_question_after_a_restart_is_replayed_from_disk(
     assert await generations(sim) == 1
 
 
+async def test_a_gateway_stopped_and_started_again_still_has_its_tiers(
+    start_server, sim, http, tmp_path, redis
+):
+    server = await start_server(
+        cache__backend="sqlite+redis",
+        cache__disk_path=str(tmp_path / "answers.sqlite3"),
+        cache__redis_url=redis.url,
+    )
+    await ask(http, server, "before the stop")
+    await written(server, "sqlite", 1)
+    await written(server, "redis", 1)
+    await server.host.stop()
+    await server.host.start()
+    server = Server(f"http://127.0.0.1:{server.host.port}", server.host)
+    server.gateway.flush_cache()  # RAM only: the answer is still in both tiers
+    x, _ = await ask(http, server, "before the stop")
+    assert x == "HIT" and await generations(sim) == 1
+    shown = await tiers(http, server)
+    assert shown["sqlite"]["state"] == "up" and shown["redis"]["state"] == "up"
+    assert shown["sqlite"]["hits"] == 1
+
+
 async def test_answers_keep_their_ttl_on_disk(start_server, sim, http, tmp_path):
     db = tmp_path / "answers.sqlite3"
     first = await start_server(cache__backend="sqlite", cache__disk_path=str(db))
