@@ -132,7 +132,7 @@ def valid_hosts(value: Any) -> list[Mapping[str, Any]]:
 
 class TileView(NamedTuple):
     value: str
-    tone: str
+    tone: str | None
     detail: str
 
 
@@ -143,7 +143,8 @@ def tile_view(hosts: Sequence[Mapping[str, Any]]) -> TileView | None:
         return None
     s = summary(hosts)
     value = f"{s.up} of {s.total} hosts up"
-    tone = s.tone or (GOOD if s.up == s.total else WARN)
+    # Hosts not probed yet (the first second after a start) are no news: no colour until known.
+    tone = s.tone or (GOOD if s.up == s.total else None)
     return TileView(value, tone, "\n".join(host_line(h) for h in hosts))
 
 

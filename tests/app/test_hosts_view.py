@@ -13,10 +13,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor
+from PySide6.QtGui import QColor, QPalette
 
 from app.dashboard.colors import GOOD, WARN, text_tone
-from app.dashboard.hosts_view import HostsView
+from app.dashboard.hosts_view import HostsView, summary, tile_view
 from server import simulator
 from server.config import default_toml
 
@@ -67,6 +67,18 @@ def sims(run) -> Iterator[list[Sim]]:
     finally:
         for sim in started:
             run(sim.stop())
+
+
+def dark_palette() -> QPalette:
+    dark = QPalette()
+    for role, color in (
+        (QPalette.ColorRole.Window, "#2b2b2b"),
+        (QPalette.ColorRole.Base, "#1e1e1e"),
+        (QPalette.ColorRole.Text, "#e6e6e6"),
+        (QPalette.ColorRole.WindowText, "#e6e6e6"),
+    ):
+        dark.setColor(role, QColor(color))
+    return dark
 
 
 def column(view: HostsView, name: str) -> list[str]:
@@ -139,6 +151,12 @@ def test_hosts_tab_lists_each_host_and_shows_one_down_and_back(
     assert f"{c.url}: down (" in tile.toolTip() and f"{a.url}: up" in tile.toolTip()
     assert dash.activity.tabText(tab) == "Hosts (2/3)"
     assert dash.activity.tabBar().tabTextColor(tab) == text_tone(WARN, dash.palette())
+    # A theme switched to dark keeps the warning legible: lighter, not the light theme's shade.
+    light = dash.palette()
+    dash.setPalette(dark_palette())
+    assert dash.activity.tabBar().tabTextColor(tab) == text_tone(WARN, dark_palette())
+    assert text_tone(WARN, dark_palette()) != text_tone(WARN, light)
+    dash.setPalette(light)
 
     # The same port answers again: back up at its next probe, the warning gone.
     run(c.start())
@@ -164,3 +182,23 @@ def test_one_host_keeps_the_tile_as_it_was_and_lists_the_host(
     qtbot.waitUntil(lambda: tile.value_text() == "reachable", timeout=2000)
     assert f"Ollama at {sim_url}" in tile.toolTip()
     assert "hosts up" not in tile.toolTip()
+
+
+def test_hosts_not_probed_yet_are_counted_but_not_coloured() -> None:
+    hosts = [
+        {
+            "url": "http://a:11434",
+            "state": "up",
+            "models": ["m"],
+            "running": 1,
+            "max_concurrent": 2,
+        },
+        {"url": "http://b:11434", "state": "unknown"},
+    ]
+    view = tile_view(hosts)
+    assert view is not None and view.value == "1 of 2 hosts up" and view.tone is None
+    assert (
+        view.detail == "http://a:11434: up, 1 of 2 running, 1 model\nhttp://b:11434: not probed yet"
+    )
+    assert summary(hosts).title == "Hosts (1/2)" and summary(hosts).tone is None
+    assert tile_view(hosts[:1]) is None  # one host: the tile as it always was
