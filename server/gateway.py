@@ -223,16 +223,22 @@ class Gateway:
     # -- chat -------------------------------------------------------------------------------
 
     def chat(
-        self, req: ChatRequest, priority: Priority | None = None, *, tiers_asked: bool = False
+        self,
+        req: ChatRequest,
+        priority: Priority | None = None,
+        *,
+        tiers_asked: bool = False,
+        key: str | None = None,
     ) -> ChatStream:
         """Open an answer: a ChatStream of Queued and Content events ending with one Done.
 
         Whether it is a RAM cache hit is known at once (for the `X-Cache` header), and so is a
         full queue (QueueFull, raised here). A hit from a tier behind RAM (SQLite, Redis) is
         found inside the stream, so it says MISS but replays with `cached` true; `complete()`
-        asks the tiers first (`tiers_asked`), so a whole-answer request says HIT. Iterating
-        raises GatewayError on failure; closing the stream early (the client left) detaches
-        it, and the upstream generation stops when nobody else listens to it.
+        asks the tiers first (`tiers_asked`, with the `key` it computed), so a whole-answer
+        request says HIT. Iterating raises GatewayError on failure; closing the stream early
+        (the client left) detaches it, and the upstream generation stops when nobody else
+        listens to it.
         """
         priority = Priority(req.priority) if priority is None else priority
         retry = self.limiter.retry_after(req.user, self.config.auth.requests_per_minute_per_user)
@@ -244,7 +250,7 @@ class Gateway:
             )
         ticket = self.tickets.open(req.request_id, priority, req.user)  # may raise Conflict
         try:
-            key = self.cache_key(req)
+            key = key or self.cache_key(req)
             hit = self.cache.get(key) if req.cache_read else None
             if hit is not None:
                 self.tickets.drop_reservation(ticket)
@@ -493,9 +499,13 @@ class Gateway:
         self, req: ChatRequest, priority: Priority | None = None
     ) -> tuple[str, Done]:
         """The whole answer at once (non-streaming clients); queue updates are not needed."""
-        if self.tiers_on:
-            await self._fill_from_tiers([req])
-        stream = self.chat(req, priority, tiers_asked=self.tiers_on)
+        key = None
+        if self.tiers_on and req.cache_read:
+            # The key is hashed once (a RAM hit costs no more than without tiers).
+            key = self.cache_key(req)
+            if not self.cache.contains(key) and (found := await self.tiers.get(key)):
+                self.cache.adopt(key, found, missed=False)
+        stream = self.chat(req, priority, tiers_asked=self.tiers_on, key=key)
         if stream.hit is not None:
             # Fast path: no word splitting for a client that wants the whole text anyway.
             await stream.aclose()
