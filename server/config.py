@@ -170,7 +170,11 @@ class OllamaSection:
     )
     probe_interval_seconds: float = field(
         default=15,
-        metadata=_meta("How often Ollama's reachability is checked", min=1, max=3600),
+        metadata=_meta(
+            "How often each Ollama host is checked (reachable, models installed and loaded)",
+            min=1,
+            max=3600,
+        ),
     )
     allow_management: bool = field(
         default=True,

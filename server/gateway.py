@@ -692,23 +692,18 @@ class Gateway:
             host.client.counters = OllamaCounters()
 
     async def models_overview(self) -> dict[str, Any]:
-        """What Ollama has: the models installed (/api/tags) and loaded now (/api/ps), named
-        as the per-model figures name them; both None when Ollama does not answer."""
-        try:
-            installed = await self.ollama.list_models()
-            # OllamaClient has no call for /api/ps yet; its _get_json translates the errors.
-            loaded = (await self.ollama._get_json("/api/ps")).get("models") or []
-        except GatewayError as exc:
-            return {"reachable": False, "installed": None, "loaded": None, "error": exc.message}
-
-        def names(models: list[Any]) -> list[str]:
-            found = (m.get("model") or m.get("name") for m in models if isinstance(m, dict))
-            return sorted({normalize_model(str(n)) for n in found if n})
-
+        """What the Ollama hosts have: the union of the models installed (/api/tags) and loaded
+        now (/api/ps) on the hosts that answer, named as the per-model figures name them; both
+        None when no host answers. Reading them also refreshes what routing knows."""
+        await self.hosts.refresh()
+        up = self.hosts.up()
+        if not up:
+            error = next((h.last_error for h in self.hosts.hosts if h.last_error), None)
+            return {"reachable": False, "installed": None, "loaded": None, "error": error}
         return {
             "reachable": True,
-            "installed": names(installed),
-            "loaded": names(list(loaded)),
+            "installed": sorted(set().union(*(h.models for h in up))),
+            "loaded": sorted(set().union(*(h.loaded for h in up))),
             "error": None,
         }
 

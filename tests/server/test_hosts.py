@@ -448,3 +448,23 @@ async def test_health_stats_and_metrics_show_each_host(
 
 async def _state_is(server: Server, index: int, state: str) -> bool:
     return (await states(server))[index] == state
+
+
+async def test_the_models_overview_is_the_union_of_the_hosts(
+    start_host: StartHost, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    a = await start_host(("llama3.2:latest",))
+    b = await start_host(("llama3.2:latest", "qwen3:4b"))
+    server = await start_gateway([a, b])
+    await all_up(server)
+    status, _ = await chat(http, server, "load it", model="qwen3:4b")
+    assert status == 200
+    overview = await server.gateway.models_overview()
+    assert overview["reachable"] is True
+    assert overview["installed"] == ["llama3.2:latest", "qwen3:4b"]
+    assert overview["loaded"] == ["qwen3:4b"]
+    await a.stop()
+    await b.stop()
+    overview = await server.gateway.models_overview()
+    assert overview["reachable"] is False and overview["installed"] is None
+    assert "not reachable" in overview["error"]
