@@ -73,6 +73,14 @@ RUNNING: dict[KeyId, Any] = {
     ("auth", "max_waiting_per_user"): 3,
     ("auth", "requests_per_minute_per_user"): 60,
     ("logging", "level"): "debug",
+    ("ollama", "hosts"): [
+        {"url": "http://gpu-box:11434", "max_concurrent": 2},
+        {"url": "http://gpu-two:11434", "weight": 2.0, "models": ["qwen2.5:7b"]},
+    ],
+    ("cache", "backend"): "sqlite",
+    ("cache", "disk_path"): "/var/cache/chatbot/answers.sqlite3",
+    ("cache", "disk_max_size_mb"): 2048,
+    ("cache", "redis_url"): "redis://cache-box:6379/0",
 }
 
 
