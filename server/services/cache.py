@@ -187,11 +187,9 @@ class ResponseCache:
         return stored or answer
 
     def contains(self, key: str) -> bool:
-        """Whether RAM holds a live answer for the key; counts nothing."""
-        if not self.enabled:
-            return False
-        self._store.expire()
-        return key in self._store
+        """Whether RAM holds a live answer for the key; counts nothing, expires nothing (the
+        store's own membership test checks the entry's TTL: cheap, on the RAM-hit path)."""
+        return self.enabled and key in self._store
 
     def clear(self) -> int:
         """Drop every entry; return how many there were."""
