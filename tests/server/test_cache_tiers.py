@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from server.auth import new_key
 from server.services.cache import CachedAnswer
@@ -376,6 +377,28 @@ async def test_redis_stopping_mid_traffic_fails_no_request_and_the_tier_comes_ba
     other = await start_server(cache__backend="redis", cache__redis_url=redis.url)
     x, again = await ask(http, other, "after the restart of redis")
     assert x == "HIT" and again["content"] == first["content"]
+
+
+async def test_a_slow_redis_costs_a_request_no_more_than_the_lookup_timeout(
+    start_server, sim, http, redis
+):
+    server = await start_server(cache__backend="redis", cache__redis_url=redis.url)
+    admin = Redis.from_url(redis.url)
+    try:
+        # Redis answers nobody else for 4 s: as a hung or overloaded server would.
+        await admin.execute_command("CLIENT", "PAUSE", "4000", "ALL")
+        started = time.monotonic()
+        x, _ = await ask(http, server, "while redis hangs")
+        took = time.monotonic() - started
+        assert x == "MISS"
+        assert took < 3.0, f"the request waited {took:.1f} s on a hung Redis"
+        shown = (await tiers(http, server))["redis"]
+        assert shown["state"] == "down" and shown["reason"].endswith("timed out")
+        x, _ = await ask(http, server, "while redis hangs")
+        assert x == "HIT"  # RAM still answers
+        await until(lambda: server.gateway.cache_tiers()["redis"]["state"] == "up", timeout=20)
+    finally:
+        await admin.aclose()
 
 
 async def test_a_gateway_starts_and_serves_when_redis_is_not_there(
