@@ -132,6 +132,25 @@ async def test_a_gateway_stopped_and_started_again_still_has_its_tiers(
     assert shown["sqlite"]["hits"] == 1
 
 
+async def test_a_bulk_job_after_a_restart_gets_its_answers_from_disk(
+    start_server, sim, http, tmp_path
+):
+    db = tmp_path / "answers.sqlite3"
+    first = await start_server(cache__backend="sqlite", cache__disk_path=str(db))
+    await ask(http, first, "bulk one")
+    await ask(http, first, "bulk two")
+    await written(first, "sqlite", 2)
+    await first.host.stop()
+
+    second = await start_server(cache__backend="sqlite", cache__disk_path=str(db))
+    bulk = {"requests": [{"messages": user(t)} for t in ("bulk one", "bulk two", "bulk new")]}
+    async with http.post(second.url + "/api/chat-batch", json=bulk) as r:
+        assert r.status == 200, await r.text()
+        results = (await r.json())["results"]
+    assert [item["cached"] for item in results] == [True, True, False]
+    assert await generations(sim) == 3  # the two before the restart, and the new one
+
+
 async def test_answers_keep_their_ttl_on_disk(start_server, sim, http, tmp_path):
     db = tmp_path / "answers.sqlite3"
     first = await start_server(cache__backend="sqlite", cache__disk_path=str(db))
