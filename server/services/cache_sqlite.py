@@ -28,6 +28,7 @@ from server.services.tiers import FORMAT_VERSION, Tier, TierError, decode, encod
 
 log = logging.getLogger("chatbot.cache")
 
+READ_BUSY_MS = 50
 QUEUE_SIZE = 1000  # writes waiting for the writer thread; more are dropped (and counted)
 BATCH = 200  # writes per transaction
 PURGE_EVERY_S = 60.0  # how often expired rows are deleted
@@ -95,6 +96,9 @@ class SqliteTier(Tier):
             conn.executescript(SCHEMA)
             conn.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
             self._count(conn)
+            # Lookups wait on a lock at most this long (a request may be waiting on them); WAL
+            # readers only meet one during a checkpoint, and then answer a miss.
+            conn.execute(f"PRAGMA busy_timeout = {READ_BUSY_MS}")
             # A write check: a read-only file or directory is found now, not on the first write.
             conn.execute("BEGIN IMMEDIATE")
             conn.execute("ROLLBACK")
@@ -132,6 +136,14 @@ class SqliteTier(Tier):
             return None
         try:
             row = await asyncio.get_running_loop().run_in_executor(reader, self._read, key)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                self._down(f"{self.path}: {exc}")
+                return None
+            # Another writer holds the file for a moment: a miss, not a tier down.
+            self.counters.errors += 1
+            self.counters.misses += 1
+            return None
         except sqlite3.Error as exc:
             self._down(f"{self.path}: {exc}")
             return None
@@ -155,7 +167,9 @@ class SqliteTier(Tier):
     # -- writes (the writer thread) -----------------------------------------------------------
 
     def put(self, key: str, answer: CachedAnswer) -> None:
-        if self._writer is None or not self.up:
+        # Queued even while down after a failed write: the next write that works (the disk
+        # has room again) brings the tier back up.
+        if self._writer is None:
             self.counters.dropped += 1
             return
         try:
@@ -204,6 +218,7 @@ class SqliteTier(Tier):
                     self._count(conn)
                 except sqlite3.Error as exc:
                     self._down(f"{self.path}: {exc}")
+                    self.counters.dropped += sum(isinstance(op, tuple) for op in batch)
                     for op in batch:
                         if isinstance(op, _Clear) and not op.done.done():
                             op.done.set_exception(exc)
@@ -215,12 +230,12 @@ class SqliteTier(Tier):
     def _write_batch(
         self, conn: sqlite3.Connection, batch: list[tuple[str, bytes] | _Clear | None]
     ) -> None:
+        cleared: list[tuple[_Clear, int]] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
             for op in batch:
                 if isinstance(op, _Clear):
-                    count = conn.execute("DELETE FROM answers").rowcount
-                    op.done.set_result(count)
+                    cleared.append((op, conn.execute("DELETE FROM answers").rowcount))
                 elif op is not None:
                     key, value = op
                     conn.execute(
@@ -228,8 +243,10 @@ class SqliteTier(Tier):
                         "VALUES (?, ?, ?, ?)",
                         (key, time.time(), len(key) + len(value), value),
                     )
-                    self.counters.writes += 1
             conn.execute("COMMIT")
+            self.counters.writes += sum(isinstance(op, tuple) for op in batch)
+            for clear, count in cleared:  # told only once it is committed
+                clear.done.set_result(count)
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
