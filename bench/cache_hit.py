@@ -227,7 +227,7 @@ class Target:
 def _check_hit(status: int, head: str, body: bytes) -> str | None:
     if status != 200 or "X-Cache: HIT" not in head:
         return f"status {status}, headers {head!r}"
-    if b'"cached": true' not in body:
+    if json.loads(body).get("cached") is not True:
         return f"body not a cached answer: {body[:200]!r}"
     return None
 
