@@ -19,6 +19,7 @@ from server.gateway import SERVER_RESTART, SHUTDOWN, Gateway
 from server.handlers import chat, embed, native, ollama_relay, openai, openapi, queue, stats
 from server.handlers.body import expect_handler
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY, IDENTITY
+from server.logs import PER_REQUEST
 from server.web import dashboard
 
 log = logging.getLogger("chatbot.http")
@@ -120,6 +121,7 @@ def _log_chat(request: web.Request, status: int, chat_info: dict[str, Any], ms: 
         chat_info.get("total_ms", round(ms)),
         chat_info.get("eval_count", 0),
         f" error={chat_info['error']}" if "error" in chat_info else "",
+        extra=PER_REQUEST,
     )
 
 

@@ -19,11 +19,36 @@ _MESSAGE_EXTRAS = ("images", "tool_calls", "tool_name", "thinking")
 _MAX_REQUEST_ID = 128
 
 
+class RandomPool:
+    """Bytes from os.urandom, drawn a few KiB at a time: one getrandom() syscall per id showed
+    in profiles of the cache-hit path (~5 % of a hit); from a pool it is a slice. The bytes are
+    as unpredictable as urandom's. A forked child starts a pool of its own, so it never hands
+    out its parent's."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._pool = b""
+        self._at = 0
+        os.register_at_fork(after_in_child=self._drop)
+
+    def _drop(self) -> None:
+        self._pool, self._at = b"", 0
+
+    def take(self, count: int) -> bytes:
+        at = self._at
+        if at + count > len(self._pool):
+            self._pool, at = os.urandom(max(self.size, count)), 0
+        self._at = at + count
+        return self._pool[at : at + count]
+
+
+RANDOM = RandomPool()
+
+
 def new_request_id() -> str:
     """96 random bits: an id nobody can guess, so nobody can DELETE another client's request
-    (a counter was guessable). urandom + base64 costs about what the counter did; uuid4 showed
-    in profiles of the cache-hit path."""
-    return "r-" + base64.urlsafe_b64encode(os.urandom(12)).decode()
+    (a counter was guessable); uuid4 showed in profiles of the cache-hit path."""
+    return "r-" + base64.urlsafe_b64encode(RANDOM.take(12)).decode()
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         sys.stdout.write(config.to_toml())
         return 0
-    setup_logging(config.logging.level)
+    setup_logging(config.logging.level, batch_writes=True)
     try:
         asyncio.run(serve(config))
     except PortInUse as exc:

@@ -47,8 +47,15 @@ async def read_body(request: web.Request) -> bytes:
     check_announced_size(request)
     limit = config.max_body_kb * 1024
     pause = config.body_timeout_seconds
-    body = bytearray()
     content = request.content
+    if content.is_eof():
+        # The whole body came with the headers (a small JSON request usually does): no
+        # waiting, so no timer (one per request showed in profiles of cache hits).
+        whole = content.read_nowait()
+        if len(whole) > limit:
+            raise body_too_large(config.max_body_kb)
+        return whole
+    body = bytearray()
     while True:
         try:
             # A pause, not a total: a slow link that keeps sending is served.
@@ -79,7 +86,9 @@ async def read_json(request: web.Request) -> Any:
         raise _too_deep() from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if too_deep(value):
+    # Nesting needs an opening bracket per level: a body with few cannot be too deep, and
+    # counting bytes is cheaper than walking the value (which showed in profiles of hits).
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and too_deep(value):
         raise _too_deep()
     return value
 

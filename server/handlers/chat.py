@@ -16,6 +16,7 @@ from server.errors import BadRequest, GatewayError
 from server.gateway import SERVER_RESTART, Gateway, Interruption
 from server.handlers.body import read_json
 from server.handlers.caller import as_caller
+from server.handlers.fast_json import orjson_response
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
 from server.services.generation import Queued
 from server.streams import Content
@@ -58,7 +59,7 @@ async def chat_optimized(request: web.Request) -> web.StreamResponse:
     if not req.stream:
         content, done = await gateway.complete(req)
         info.update(done.stats, cached=done.cached)
-        return web.json_response(
+        return orjson_response(
             {
                 "content": content,
                 "done": True,
@@ -67,7 +68,6 @@ async def chat_optimized(request: web.Request) -> web.StreamResponse:
                 "model": done.model,
                 "stats": done.stats,
             },
-            dumps=lambda o: json.dumps(o, ensure_ascii=False),
             headers={"X-Cache": "HIT" if done.cached else "MISS"},
         )
     return await _stream(request, gateway, req, info)

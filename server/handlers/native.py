@@ -24,6 +24,7 @@ from server.errors import BadRequest, GatewayError
 from server.gateway import SERVER_RESTART, Gateway, Interruption
 from server.handlers.body import read_json
 from server.handlers.caller import as_caller
+from server.handlers.fast_json import orjson_response
 from server.json_checks import lone_surrogate_path
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
 from server.services.cache import CachedAnswer
@@ -310,9 +311,8 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     if not req.stream:
         _, done = await gateway.complete(req)
         info.update(done.stats, cached=done.cached)
-        return web.json_response(
+        return orjson_response(
             whole_answer(kind, req.model, done, started_ns),
-            dumps=lambda o: json.dumps(o, ensure_ascii=False),
             headers={"X-Cache": "HIT" if done.cached else "MISS", "X-Request-Id": rid},
         )
     return await _stream(request, gateway, req, info, started_ns)

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import struct
 import time
 from collections.abc import Awaitable, Callable
@@ -24,12 +23,13 @@ from typing import Any
 
 from aiohttp import web
 
-from server.chat_request import ChatRequest
+from server.chat_request import RANDOM, ChatRequest
 from server.errors import BadRequest, GatewayError, NotFound
 from server.gateway import SERVER_RESTART, Gateway, Interruption
 from server.handlers.body import read_json
 from server.handlers.caller import as_caller, caller
 from server.handlers.embed import embed_inputs, record
+from server.handlers.fast_json import orjson_response
 from server.handlers.host_fanout import union_tags
 from server.handlers.native import REPLAY_WRITE_BYTES, parse_native, request_id
 from server.json_checks import lone_surrogate_path
@@ -305,7 +305,7 @@ def _parse(body: Any, kind: str, rid: str, endpoint: str) -> tuple[ChatRequest, 
 
 
 def _completion_id(prefix: str) -> str:
-    return f"{prefix}-{base64.b32encode(os.urandom(10)).decode().lower()}"
+    return f"{prefix}-{base64.b32encode(RANDOM.take(10)).decode().lower()}"
 
 
 def _finish_reason(done_reason: str, tool_calls: bool) -> str:
@@ -437,9 +437,8 @@ async def _complete(request: web.Request, kind: str, endpoint: str) -> web.Strea
         answer = (
             chat_completion(req.model, done) if kind == "chat" else text_completion(req.model, done)
         )
-        return web.json_response(
+        return orjson_response(
             answer,
-            dumps=lambda o: json.dumps(o, ensure_ascii=False),
             headers={"X-Cache": "HIT" if done.cached else "MISS", "X-Request-Id": rid},
         )
     return await _stream(request, gateway, req, info, usage)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import io
 import logging
 
-from server.logs import DATEFMT, FORMAT, MAX_REMEMBERED, RepeatFilter, SafeFormatter
+from server.logs import (
+    DATEFMT,
+    FORMAT,
+    MAX_REMEMBERED,
+    BatchedStreamHandler,
+    RepeatFilter,
+    SafeFormatter,
+)
+from tests.conftest import wait_for
 
 
 def _handler() -> tuple[logging.StreamHandler[io.StringIO], RepeatFilter, io.StringIO]:
@@ -49,3 +57,33 @@ def test_a_message_holding_repeats_is_not_forgotten_under_a_flood_of_others():
     assert ("upstream refused the connection", 3) in [
         (key[2], run.held) for key, run in repeats._runs.items()
     ]
+
+
+async def test_batched_lines_all_arrive_in_order_and_a_warning_goes_at_once():
+    """The headless server writes info lines in batches: none is lost or reordered, they
+    arrive within the batch time, and a warning (with what was waiting before it) goes out
+    at once."""
+    out = io.StringIO()
+    handler = BatchedStreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for i in range(50):
+        handler.handle(_record(f"line {i}"))
+    assert out.getvalue() == ""  # waiting for the batch
+    warning = _record("upstream is down")
+    warning.levelno, warning.levelname = logging.WARNING, "WARNING"
+    handler.handle(warning)
+    assert out.getvalue().splitlines() == [f"line {i}" for i in range(50)] + ["upstream is down"]
+    handler.handle(_record("after"))
+
+    async def written() -> bool:
+        return out.getvalue().endswith("after\n")
+
+    assert await wait_for(written)
+
+
+def test_outside_an_event_loop_each_line_is_written_at_once():
+    out = io.StringIO()
+    handler = BatchedStreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.handle(_record("starting"))
+    assert out.getvalue() == "starting\n"
