@@ -243,7 +243,10 @@ class GuardedHandler(web.RequestHandler):
         # timer that checks it. The timer is moved only when the deadline comes earlier than
         # it: a keep-alive request then costs no timer at all (see _set_deadline).
         self._deadline_at: float | None = None
-        self._deadline: asyncio.TimerHandle | None = None
+        # The pending timer and when it fires (kept here: qasync's call_at returns a plain
+        # Handle, which has no when()).
+        self._deadline: asyncio.Handle | None = None
+        self._deadline_timer_at = 0.0
         self._lingering = False
         # The first bytes of the current request, to name an unknown method in a 405.
         self._request_start = b""
@@ -314,11 +317,12 @@ class GuardedHandler(web.RequestHandler):
         """
         self._deadline_at = at = self._loop.time() + seconds
         timer = self._deadline
-        if timer is not None and timer.when() <= at:
+        if timer is not None and self._deadline_timer_at <= at:
             return
         if timer is not None:
             timer.cancel()
         self._deadline = self._loop.call_at(at, self._check_deadline)
+        self._deadline_timer_at = at
 
     def _clear_deadline(self) -> None:
         self._deadline_at = None  # a pending timer finds nothing to do
