@@ -1,0 +1,490 @@
+"""A thousand live streams at once through the gateway: its CPU per relayed token, the delay it
+adds per token, and whether any client starves (issue #19, point 4).
+
+Run from the repository root:  .venv/bin/python bench/streams.py  (add --quick for a smoke run)
+
+Processes, each started here: the Ollama simulator (a token every 20 ms, `--tokens` per answer)
+pinned to CPU 0 with this script (the client), and the gateway (`python -m server` from this
+checkout, default log level `info`) alone on CPU 1 (`--no-pin` turns pinning off). The gateway
+gets a config file with `--hosts` `[[ollama.hosts]]` entries, all the same simulator, each with
+`max_concurrent = 64` (the registry's ceiling per host), so `--hosts` × 64 generations may run
+at once (1,024 by default), and `max_queue_size` above the number of streams.
+
+Each round opens `--streams` native `/api/chat` streams, each with its own question (so every
+one is a miss and its own generation), started `--stagger-ms` apart, once straight to the
+simulator and once through the gateway, in an order that alternates with the round. A raw
+asyncio client (one connection per stream, chunked NDJSON decoded by hand) takes the wall-clock
+arrival time of every line. The simulator stamps each line's `created_at` when it makes it (its
+own time.time_ns(), the same clock), and the gateway relays the simulator's lines unchanged, so:
+
+- delay per token: arrival minus `created_at`, over all tokens; the direct run measures what the
+  simulator and this client add (the simulator stamps a line before its 20 ms sleep, so this is
+  at least 20 ms), and the gateway run the same plus the gateway; the difference of the two is
+  the delay the gateway adds (median, p90, p99);
+- CPU per relayed token: the gateway's CPU time (psutil, by pid) during the run over the tokens
+  the client received through it;
+- starvation: each stream's delivery rate, (tokens - 1) / (last arrival - first arrival), and
+  their min / median / max; the aim is that the slowest stream gets at least 80 % of the median
+  rate (AIM_MIN_RATE_SHARE), through the gateway as directly.
+
+Every stream must end with Ollama's `done: true` line, with `--tokens` content lines.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This folder holds queue.py, which would shadow the standard library's `queue`: keep it on the
+# path (for `common`) but after the standard library.
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
+
+import argparse
+import asyncio
+import calendar
+import json
+import resource
+import statistics
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+from cache_hit import code_version
+from common import (
+    CLIENT_CPU,
+    RESULTS_DIR,
+    ROOT,
+    SERVER_CPU,
+    Server,
+    can_pin,
+    free_port,
+    machine_info,
+    percentile,
+    simulator_command,
+    spawn,
+    stop,
+    write_json,
+)
+
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+MODEL = "llama3.2"
+PER_HOST = 64  # [[ollama.hosts]].max_concurrent's ceiling in the config registry
+AIM_MIN_RATE_SHARE = 0.80  # the slowest stream gets >= 80 % of the median stream's rate
+AIM_ADDED_DELAY_MS = 5.0  # median delay the gateway adds to a token (an aim, not a target)
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def gateway_config(path: Path, sim: Server, args: argparse.Namespace) -> None:
+    lines = [
+        "[queue]",
+        f"max_concurrent = {PER_HOST}",
+        f"max_queue_size = {max(100, 2 * args.streams)}",
+        "[ollama]",
+        'model = "llama3.2"',
+        "warm_up = false",
+        "[logging]",
+        'level = "info"',
+    ]
+    for _ in range(args.hosts):
+        lines += ["[[ollama.hosts]]", f'url = "{sim.base}"', f"max_concurrent = {PER_HOST}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def spawn_gateway(sim: Server, workdir: Path, args: argparse.Namespace, cpu: int | None) -> Server:
+    config = workdir / "gateway.toml"
+    gateway_config(config, sim, args)
+    port = free_port()
+    command = [PYTHON, "-m", "server", "--config", str(config), "--port", str(port)]
+    return spawn("gateway", command, "/health", port, workdir, {"LOG_LEVEL": "info"}, cpu)
+
+
+# --------------------------------------------------------------------------- client
+
+
+@dataclass
+class StreamResult:
+    arrivals_ns: list[int] = field(default_factory=list)  # wall clock, per content line
+    stamps: list[bytes] = field(default_factory=list)  # created_at, per content line
+    done: bool = False
+    error: str = ""
+
+
+_STAMP = b'"created_at":"'
+
+
+async def one_stream(port: int, question: str, tokens: int, result: StreamResult) -> None:
+    body = json.dumps(
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": question}],
+            "stream": True,
+            "options": {"sim_tokens": tokens},
+        }
+    ).encode()
+    head = (
+        f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=2**20)
+    except OSError as exc:
+        result.error = f"connect: {exc}"
+        return
+    try:
+        writer.write(head + body)
+        status_line = await reader.readline()
+        if b" 200 " not in status_line:
+            result.error = status_line.decode(errors="replace").strip()
+            return
+        chunked = False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
+                chunked = True
+        if not chunked:
+            result.error = "not a chunked stream"
+            return
+        pending = b""
+        arrivals, stamps = result.arrivals_ns, result.stamps
+        while True:
+            size_line = await reader.readline()
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            data = await reader.readexactly(size + 2)
+            now = time.time_ns()
+            pending += data[:-2]
+            *lines, pending = pending.split(b"\n")
+            for text in lines:
+                at = text.find(_STAMP)
+                if b'"done":true' in text:
+                    result.done = True
+                elif at >= 0:
+                    start = at + len(_STAMP)
+                    arrivals.append(now)
+                    stamps.append(text[start : text.index(b'"', start)])
+    except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        writer.close()
+
+
+async def run_streams(
+    port: int, args: argparse.Namespace, label: str
+) -> tuple[list[StreamResult], float]:
+    results = [StreamResult() for _ in range(args.streams)]
+    tag = uuid.uuid4().hex[:8]
+
+    async def delayed(i: int) -> None:
+        await asyncio.sleep(i * args.stagger_ms / 1000)
+        await one_stream(port, f"streams bench {label} {tag} question {i}", args.tokens, results[i])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(delayed(i) for i in range(args.streams)))
+    return results, time.perf_counter() - started
+
+
+# --------------------------------------------------------------------------- figures
+
+_SECONDS: dict[bytes, int] = {}
+
+
+def stamp_ns(stamp: bytes) -> int:
+    """RFC 3339 UTC with up to 9 fractional digits (the simulator's created_at) to ns."""
+    whole, _, frac = stamp.rstrip(b"Z").partition(b".")
+    seconds = _SECONDS.get(whole)
+    if seconds is None:
+        parsed = time.strptime(whole.decode(), "%Y-%m-%dT%H:%M:%S")
+        seconds = _SECONDS[whole] = calendar.timegm(parsed)
+    return seconds * 1_000_000_000 + int((frac + b"000000000")[:9] or b"0")
+
+
+def summarise(results: list[StreamResult], args: argparse.Namespace) -> dict[str, Any]:
+    errors = [r.error for r in results if r.error]
+    incomplete = sum(1 for r in results if not r.done or len(r.arrivals_ns) != args.tokens)
+    delays_ms: list[float] = []
+    rates: list[float] = []
+    for r in results:
+        for arrived, stamp in zip(r.arrivals_ns, r.stamps, strict=True):
+            delays_ms.append((arrived - stamp_ns(stamp)) / 1e6)
+        if len(r.arrivals_ns) >= 2:
+            span = (r.arrivals_ns[-1] - r.arrivals_ns[0]) / 1e9
+            if span > 0:
+                rates.append((len(r.arrivals_ns) - 1) / span)
+    tokens = sum(len(r.arrivals_ns) for r in results)
+    out: dict[str, Any] = {
+        "streams": len(results),
+        "errors": len(errors),
+        "first_errors": errors[:5],
+        "incomplete": incomplete,
+        "tokens": tokens,
+    }
+    if delays_ms:
+        out["delay_ms"] = {
+            "p50": statistics.median(delays_ms),
+            "p90": percentile(delays_ms, 90),
+            "p99": percentile(delays_ms, 99),
+            "max": max(delays_ms),
+        }
+    if rates:
+        median = statistics.median(rates)
+        out["rate_tokens_per_s"] = {
+            "min": min(rates),
+            "p10": percentile(rates, 10),
+            "median": median,
+            "max": max(rates),
+            "min_share_of_median": min(rates) / median,
+        }
+    return out
+
+
+def measure(args: argparse.Namespace, sim: Server, gateway: Server) -> dict[str, Any]:
+    targets = {"direct": sim, "gateway": gateway}
+    rounds: list[dict[str, Any]] = []
+    for index in range(args.rounds):
+        order = ["direct", "gateway"] if index % 2 == 0 else ["gateway", "direct"]
+        this: dict[str, Any] = {}
+        for name in order:
+            server = targets[name]
+            gw_cpu0 = gateway.cpu_seconds()
+            sim_cpu0 = sim.cpu_seconds()
+            own0 = time.process_time()
+            results, wall = asyncio.run(run_streams(server.port, args, f"r{index}-{name}"))
+            summary = summarise(results, args)
+            summary["wall_s"] = wall
+            summary["client_busy"] = (time.process_time() - own0) / wall
+            summary["simulator_busy"] = (sim.cpu_seconds() - sim_cpu0) / wall
+            gw_cpu = gateway.cpu_seconds() - gw_cpu0
+            summary["gateway_busy"] = gw_cpu / wall
+            if name == "gateway":
+                summary["gateway_cpu_s"] = gw_cpu
+                summary["gateway_cpu_us_per_token"] = gw_cpu / max(1, summary["tokens"]) * 1e6
+                summary["gateway_rss_mb"] = gateway.rss_mb()
+            this[name] = summary
+            delay = summary.get("delay_ms", {})
+            rate = summary.get("rate_tokens_per_s", {})
+            print(
+                f"  round {index + 1}/{args.rounds} {name:8} {summary['tokens']:7,} tokens in"
+                f" {wall:5.1f} s, errors {summary['errors']}, incomplete {summary['incomplete']};"
+                f" delay p50 {delay.get('p50', 0):6.1f} ms p99 {delay.get('p99', 0):7.1f} ms;"
+                f" rate min/median {rate.get('min', 0):5.1f}/{rate.get('median', 0):5.1f};"
+                f" gateway busy {summary['gateway_busy']:.0%}",
+                file=sys.stderr,
+            )
+        rounds.append(this)
+    return {"rounds": rounds, **figures(rounds)}
+
+
+def figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over rounds of each figure, and the gateway's added delay per round."""
+
+    def med(name: str, *path: str) -> float:
+        values = []
+        for r in rounds:
+            value: Any = r[name]
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is not None:
+                values.append(float(value))
+        return statistics.median(values) if values else float("nan")
+
+    out: dict[str, Any] = {}
+    for name in ("direct", "gateway"):
+        out[name] = {
+            "delay_ms": {p: med(name, "delay_ms", p) for p in ("p50", "p90", "p99", "max")},
+            "rate": {
+                k: med(name, "rate_tokens_per_s", k)
+                for k in ("min", "p10", "median", "max", "min_share_of_median")
+            },
+            "errors": sum(r[name]["errors"] for r in rounds),
+            "incomplete": sum(r[name]["incomplete"] for r in rounds),
+            "simulator_busy": med(name, "simulator_busy"),
+            "client_busy": med(name, "client_busy"),
+            "gateway_busy": med(name, "gateway_busy"),
+        }
+    out["gateway"]["cpu_us_per_token"] = med("gateway", "gateway_cpu_us_per_token")
+    out["gateway"]["rss_mb"] = med("gateway", "gateway_rss_mb")
+    out["added_delay_ms"] = {
+        p: statistics.median(
+            r["gateway"]["delay_ms"][p] - r["direct"]["delay_ms"][p]
+            for r in rounds
+            if "delay_ms" in r["gateway"] and "delay_ms" in r["direct"]
+        )
+        for p in ("p50", "p90", "p99")
+    }
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    p = report["params"]
+    m = report["measured"]
+    g, d = m["gateway"], m["direct"]
+    print()
+    print(
+        f"{p['streams']} streams of {p['tokens']} tokens, {p['token_delay_ms']:g} ms apart"
+        f" (scheduled {p['streams'] * 1000 / p['token_delay_ms']:,.0f} tokens/s), started"
+        f" {p['stagger_ms']:g} ms apart; {p['hosts']} hosts x {PER_HOST} = "
+        f"{p['hosts'] * PER_HOST} generations at once; {report['pinning']}; medians of"
+        f" {p['rounds']} rounds"
+    )
+    print(f"{'':38} {'direct':>10} {'gateway':>10}")
+    for label, key in (("delay per token p50, ms", "p50"), ("p90", "p90"), ("p99", "p99")):
+        print(f"{label:38} {d['delay_ms'][key]:10.1f} {g['delay_ms'][key]:10.1f}")
+    for label, key in (
+        ("stream rate min, tokens/s", "min"),
+        ("p10", "p10"),
+        ("median", "median"),
+        ("max", "max"),
+    ):
+        print(f"{label:38} {d['rate'][key]:10.1f} {g['rate'][key]:10.1f}")
+    print(
+        f"{'simulator busy (its core)':38} {d['simulator_busy']:10.0%} {g['simulator_busy']:10.0%}"
+    )
+    print(f"{'client busy (same core)':38} {d['client_busy']:10.0%} {g['client_busy']:10.0%}")
+    print(f"{'gateway busy (its own core)':38} {'':10} {g['gateway_busy']:10.0%}")
+    print(
+        f"{'errors / incomplete streams':38} {d['errors']:>5}/{d['incomplete']:<4}"
+        f" {g['errors']:>5}/{g['incomplete']:<4}"
+    )
+    print()
+    added = m["added_delay_ms"]
+    share_g = g["rate"]["min_share_of_median"]
+    share_d = d["rate"]["min_share_of_median"]
+    rows = [
+        ("gateway CPU per relayed token", f"{g['cpu_us_per_token']:.1f} µs", "(measured)", None),
+        (
+            "  so one core relays at most",
+            f"{1e6 / g['cpu_us_per_token']:,.0f} tok/s",
+            "(measured)",
+            None,
+        ),
+        (
+            "delay added per token, p50",
+            f"{added['p50']:.2f} ms",
+            f"<= {AIM_ADDED_DELAY_MS:g} ms",
+            added["p50"] <= AIM_ADDED_DELAY_MS,
+        ),
+        ("delay added per token, p90", f"{added['p90']:.2f} ms", "(measured)", None),
+        ("delay added per token, p99", f"{added['p99']:.2f} ms", "(measured)", None),
+        (
+            "slowest stream / median, gateway",
+            f"{share_g:.0%}",
+            f">= {AIM_MIN_RATE_SHARE:.0%}",
+            share_g >= AIM_MIN_RATE_SHARE,
+        ),
+        ("slowest stream / median, direct", f"{share_d:.0%}", "(reference)", None),
+        ("gateway RSS after a run", f"{g['rss_mb']:.0f} MB", "(measured)", None),
+    ]
+    print(f"{'figure':38} {'measured':>14}  {'aim':>12}  result")
+    for figure, value, aim, passed in rows:
+        result = "" if passed is None else ("PASS" if passed else "FAIL")
+        print(f"{figure:38} {value:>14}  {aim:>12}  {result}")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--tokens", type=int, default=250, help="content lines per answer")
+    parser.add_argument("--token-delay-ms", type=float, default=20.0)
+    parser.add_argument("--first-token-delay-ms", type=float, default=50.0)
+    parser.add_argument("--stagger-ms", type=float, default=1.0, help="between stream starts")
+    parser.add_argument("--hosts", type=int, default=16, help=f"x {PER_HOST} generations at once")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the processes")
+    parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
+    parser.add_argument("--output", type=Path, help="JSON results path")
+    args = parser.parse_args()
+    if args.quick:
+        args.streams, args.tokens, args.rounds, args.hosts = 50, 30, 1, 1
+    if args.output is None:
+        args.output = RESULTS_DIR / ("streams_quick.json" if args.quick else "streams.json")
+    return args
+
+
+def raise_open_files() -> tuple[int, int]:
+    """A thousand client sockets need more than the usual soft limit of 1,024 files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else 65536
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def main() -> int:
+    args = parse_args()
+    nofile = raise_open_files()
+    if nofile[0] < args.streams * 2 + 100:
+        print(f"warning: open-files limit {nofile[0]} may be too low", file=sys.stderr)
+    pin = not args.no_pin and can_pin()
+    if pin:
+        os.sched_setaffinity(0, {CLIENT_CPU})
+    pinning = (
+        f"gateway on CPU {SERVER_CPU}; simulator and this client on CPU {CLIENT_CPU}"
+        if pin
+        else "not pinned"
+    )
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    code = code_version()
+    servers: list[Server] = []
+    with tempfile.TemporaryDirectory(prefix="streams_") as tmp:
+        workdir = Path(tmp)
+        try:
+            sim_port = free_port()
+            sim = spawn(
+                "sim",
+                simulator_command(
+                    sim_port,
+                    args.tokens,
+                    args.token_delay_ms,
+                    args.first_token_delay_ms,
+                    launcher=(PYTHON, "-m", "server.simulator"),
+                ),
+                "/api/version",
+                sim_port,
+                workdir,
+                cpu=CLIENT_CPU if pin else None,
+            )
+            servers.append(sim)
+            gateway = spawn_gateway(sim, workdir, args, SERVER_CPU if pin else None)
+            servers.append(gateway)
+            gateway_nofile = psutil.Process(gateway.pid).rlimit(psutil.RLIMIT_NOFILE)
+            print(f"servers up ({pinning}); measuring", file=sys.stderr)
+            measured = measure(args, sim, gateway)
+        finally:
+            for server in servers:
+                stop(server)
+    report: dict[str, Any] = {
+        "benchmark": "streams",
+        "date": started.isoformat(timespec="seconds"),
+        "duration_s": round(time.perf_counter() - t0, 1),
+        "command": "python " + " ".join(sys.argv),
+        "machine": machine_info(("aiohttp", "orjson", "psutil")),
+        "code": code,
+        "pinning": pinning,
+        "open_files": {"client": list(nofile), "gateway": list(gateway_nofile)},
+        "params": {k: v for k, v in vars(args).items() if k != "output"},
+        "aims": {
+            "min_rate_share_of_median": AIM_MIN_RATE_SHARE,
+            "added_delay_p50_ms": AIM_ADDED_DELAY_MS,
+        },
+        "measured": measured,
+    }
+    print_report(report)
+    write_json(args.output, report)
+    print(f"\nJSON written to {args.output} (run took {report['duration_s']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
