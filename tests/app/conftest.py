@@ -36,10 +36,11 @@ def qloop(qapp) -> Iterator[asyncio.AbstractEventLoop]:
 
 
 @pytest.fixture(autouse=True)
-def own_cache_dir(tmp_path, monkeypatch) -> None:
+def own_cache_dir(tmp_path_factory, monkeypatch) -> None:
     """The desktop app keeps answers in a SQLite file in the platform cache directory
-    ([cache].backend auto): each test gets its own, never the user's or another test's."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    ([cache].backend auto): each test gets its own, never the user's or another test's. Not
+    under tmp_path, where the config file is: its folder is watched for outside edits."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
 
 
 @pytest.fixture
