@@ -248,6 +248,19 @@ class HostPool:
             return down_having
         return [h for h in live if h.state == "up"] or allowed
 
+    def alternatives(self, model: str, exclude: Iterable[Host] = ()) -> list[Host]:
+        """The hosts a failed request may be retried on: not down, allowed, and having the
+        model (or not probed yet). Never a host without it, whose 404 would hide the failure."""
+        skip = set(map(id, exclude))
+        return [
+            h
+            for h in self.hosts
+            if id(h) not in skip
+            and h.state != "down"
+            and h.allows(model)
+            and (h.state == "unknown" or h.has(model) or not model)
+        ]
+
     def pick(self, model: str, exclude: Iterable[Host] = ()) -> Host | None:
         """The best candidate with a free slot, or None while all of them are busy."""
         free = [h for h in self.candidates(model, exclude) if h.free]

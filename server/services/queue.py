@@ -59,6 +59,8 @@ class Router(Protocol):
 
     def pick(self, model: str, exclude: Sequence[Any] = ()) -> Any | None: ...
 
+    def alternatives(self, model: str, exclude: Sequence[Any] = ()) -> Sequence[Any]: ...
+
     def capacity(self, model: str | None = None) -> int: ...
 
 
@@ -267,10 +269,10 @@ class GenerationQueue:
 
     def reroute(self, entry: QueueEntry, failed: Any) -> bool:
         """The entry's host failed it: give that slot back and wait for one on another host
-        that can serve the model. False (nothing changed) when there is no such host."""
+        that has the model. False (nothing changed) when there is no such host."""
         if self.router is None or entry.state is not State.ACTIVE:
             return False
-        if not self.router.candidates(entry.model, [*entry.exclude, failed]):
+        if not self.router.alternatives(entry.model, [*entry.exclude, failed]):
             return False
         entry.exclude.append(failed)
         self._requeue(entry)

@@ -468,3 +468,19 @@ async def test_the_models_overview_is_the_union_of_the_hosts(
     overview = await server.gateway.models_overview()
     assert overview["reachable"] is False and overview["installed"] is None
     assert "not reachable" in overview["error"]
+
+
+async def test_a_model_only_a_dead_host_has_is_reported_unreachable_not_missing(
+    start_host: StartHost, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    a = await start_host(("llama3.2:latest", "rare:latest"))
+    b = await start_host()
+    server = await start_gateway([a, b])
+    await all_up(server)
+    await a.stop()
+    status, body = await chat(http, server, "only a has it", model="rare")
+    # Not retried on b, whose "model not found" would hide what is wrong.
+    assert status == 502 and "not reachable" in body["error"], body
+    assert (await b.stats())["by_path"].get("/api/chat", 0) == 0
+    status, _ = await chat(http, server, "b has this one")
+    assert status == 200
