@@ -321,6 +321,9 @@ class GuardedHandler(web.RequestHandler):
             return
         if timer is not None:
             timer.cancel()
+        self._arm(at)
+
+    def _arm(self, at: float) -> None:
         self._deadline = self._loop.call_at(at, self._check_deadline)
         self._deadline_timer_at = at
 
@@ -339,7 +342,7 @@ class GuardedHandler(web.RequestHandler):
         if at is None:
             return
         if self._loop.time() < at:  # the deadline moved later since the timer was set
-            self._deadline = self._loop.call_at(at, self._check_deadline)
+            self._arm(at)  # (with when it fires: an earlier deadline must still move it)
             return
         self._deadline_passed()
 
