@@ -274,11 +274,14 @@ async def test_the_eta_counts_the_slots_of_every_host_that_can_serve_the_model(
     )
     await all_up(server)
     queue = server.gateway.queue
-    # Two hosts have llama3.2: one place in line waits half an average generation; the third
-    # host (without the model) does not count.
-    assert queue.eta_ms(1, "llama3.2") == 3000
-    assert queue.eta_ms(1, "other") == 6000
+    # Two hosts have llama3.2, one has "other": the ETA divides the line among those slots
+    # (the third host, without the model, does not count), so the same place in line is
+    # sooner for llama3.2.
+    assert (queue.capacity("llama3.2"), queue.capacity("other"), queue.capacity()) == (2, 1, 3)
+    assert queue.eta_ms(3, "llama3.2") < queue.eta_ms(3, "other")
     assert queue.stats()["max_concurrent"] == 3
+    async with aiohttp.ClientSession() as s, s.get(server.url + "/api/cache-stats") as r:
+        assert (await r.json())["queue"]["max_concurrent"] == 3
 
 
 async def test_a_waiting_request_is_not_held_up_by_one_for_a_busy_host(
