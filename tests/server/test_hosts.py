@@ -487,3 +487,40 @@ async def test_a_model_only_a_dead_host_has_is_reported_unreachable_not_missing(
     assert (await b.stats())["by_path"].get("/api/chat", 0) == 0
     status, _ = await chat(http, server, "b has this one")
     assert status == 200
+
+
+async def test_a_failure_after_output_started_ends_the_answer_without_a_second_one(
+    start_host: StartHost, start_gateway: StartGateway
+) -> None:
+    a = await start_host()
+    b = await start_host()
+    server = await start_gateway([a, b])
+    await all_up(server)
+    tab = Streamer(server, {"messages": user("midway"), "options": {"sim_error_after": 3}})
+    await tab.finish()
+    assert tab.content and tab.frames[-1].get("error"), tab.frames
+    assert [(await h.stats())["generations"] for h in (a, b)] == [1, 0]
+    # An error Ollama writes into its stream says it is alive: host a stays in rotation.
+    assert (await states(server)) == ["up", "up"]
+    # Before the first token, it is retried once on the other host, and no more.
+    tab = Streamer(server, {"messages": user("at once"), "options": {"sim_error_after": 0}})
+    await tab.finish()
+    assert not tab.content and tab.frames[-1].get("error"), tab.frames
+    assert sum([(await h.stats())["generations"] for h in (a, b)]) == 1 + 2
+
+
+async def test_an_embedding_whose_host_fails_is_answered_by_another(
+    start_host: StartHost, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    models = ("nomic-embed-text:latest",)
+    a = await start_host(models)
+    b = await start_host(models)
+    server = await start_gateway([a, b])
+    await all_up(server)
+    await a.fault("error", 504)
+    body = {"model": "nomic-embed-text", "input": ["survives a 504"]}
+    async with http.post(server.url + "/api/embed", json=body) as r:
+        assert r.status == 200
+        assert len((await r.json())["embeddings"]) == 1
+    assert (await b.stats())["embed_inputs"] == 1
+    assert (await states(server)) == ["down", "up"]
