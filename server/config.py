@@ -245,7 +245,13 @@ class CacheSection:
 @dataclass(frozen=True)
 class QueueSection:
     max_concurrent: int = field(
-        default=1, metadata=_meta("Generations sent to Ollama at once", min=1, max=64)
+        default=1,
+        metadata=_meta(
+            "Generations sent to Ollama at once (to each host of [[ollama.hosts]] that sets no "
+            "max_concurrent)",
+            min=1,
+            max=64,
+        ),
     )
     max_queue_size: int = field(
         default=100,
