@@ -103,6 +103,18 @@ class ChatRequest:
 _keep_alive = functools.lru_cache(maxsize=8)(keep_alive_value)
 
 
+def surrogate_path(body: Any) -> str | None:
+    """json_checks.lone_surrogate_path, walked only when needed: orjson refuses a lone
+    surrogate and checks a usual body in ~1 µs, so only a body it refuses (for that, or for an
+    integer past 64 bits) is walked to find where the surrogate is (the walk showed in hit
+    profiles)."""
+    try:
+        orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return lone_surrogate_path(body)
+    return None
+
+
 def bad_field(field_name: str, message: str) -> BadRequest:
     """A 400 naming the field, with `invalid_<top-level field>` as its code."""
     top = field_name.split("[")[0].split(".")[0]
@@ -150,13 +162,7 @@ def parse_chat_request(
 ) -> ChatRequest:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_body")
-    # orjson refuses a lone surrogate, and checks a usual body in ~1 µs; only a body it
-    # refuses (for that, or an integer past 64 bits) is walked to find where the surrogate is.
-    try:
-        orjson.dumps(body)
-        where = None
-    except orjson.JSONEncodeError:
-        where = lone_surrogate_path(body)
+    where = surrogate_path(body)
     if where is not None:
         # What JSON.stringify gives for an emoji cut in half: Ollama, the cache key and the
         # answer all need UTF-8, which cannot hold it.

@@ -19,13 +19,12 @@ from typing import Any
 
 from aiohttp import web
 
-from server.chat_request import ChatRequest, bad_field, new_request_id
+from server.chat_request import ChatRequest, bad_field, new_request_id, surrogate_path
 from server.errors import BadRequest, GatewayError
 from server.gateway import SERVER_RESTART, Gateway, Interruption
 from server.handlers.body import read_json
 from server.handlers.caller import as_caller
 from server.handlers.fast_json import orjson_response
-from server.json_checks import lone_surrogate_path
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
 from server.services.cache import CachedAnswer
 from server.streams import Content, Done
@@ -98,23 +97,25 @@ def request_id(request: web.Request) -> str:
 # -- parsing ----------------------------------------------------------------------------------
 
 
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "options": (dict,),
+    "format": (str, dict),
+    "keep_alive": (str, int, float),
+    "tools": (list,),
+    "images": (list,),
+    "context": (list,),
+    "prompt": (str,),
+    "suffix": (str,),
+    "system": (str,),
+    "template": (str,),
+    "raw": (bool,),
+}
+
+
 def _check_types(body: dict[str, Any], kind: str) -> None:
     """The types Ollama's decoder insists on, as a 400 naming the field."""
-    expect: dict[str, tuple[type, ...]] = {
-        "model": (str,),
-        "options": (dict,),
-        "format": (str, dict),
-        "keep_alive": (str, int, float),
-        "tools": (list,),
-        "images": (list,),
-        "context": (list,),
-        "prompt": (str,),
-        "suffix": (str,),
-        "system": (str,),
-        "template": (str,),
-        "raw": (bool,),
-    }
-    for name, types in expect.items():
+    for name, types in _FIELD_TYPES.items():
         value = body.get(name)
         wrong_bool = isinstance(value, bool) and bool not in types
         if value is not None and (not isinstance(value, types) or wrong_bool):
@@ -150,11 +151,14 @@ def _key_message(message: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_native(body: Any, kind: str, rid: str) -> ChatRequest | None:
-    """A ChatRequest for the core, or None for a load/unload request (to relay as it is)."""
+def parse_native(
+    body: Any, kind: str, rid: str, *, stream: bool | None = None, endpoint: str | None = None
+) -> ChatRequest | None:
+    """A ChatRequest for the core, or None for a load/unload request (to relay as it is).
+    `stream` and `endpoint`, when given, override the body's and the kind (the /v1 API's)."""
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_body")
-    where = lone_surrogate_path(body)
+    where = surrogate_path(body)
     if where is not None:
         raise bad_field(where, "contains a lone UTF-16 surrogate; send valid Unicode text")
     _check_types(body, kind)
@@ -173,13 +177,14 @@ def parse_native(body: Any, kind: str, rid: str) -> ChatRequest | None:
         messages=messages,
         model=model.strip(),
         request_id=rid,
-        stream=body.get("stream") is not False,  # absent or null means streaming, as in Ollama
+        # Absent or null means streaming, as in Ollama.
+        stream=body.get("stream") is not False if stream is None else stream,
         options=body.get("options") or None,
         format=fmt,
         kind=kind,
         native={**body, "stream": True},
         key_extra=extra or None,
-        endpoint=kind,
+        endpoint=endpoint or kind,
     )
 
 

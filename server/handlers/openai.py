@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import functools
 import json
 import struct
@@ -295,10 +294,11 @@ def _parse(body: Any, kind: str, rid: str, endpoint: str) -> tuple[ChatRequest, 
     options = body.get("stream_options") or {}
     usage = bool(isinstance(options, dict) and options.get("include_usage"))
     native = native_chat_body(body) if kind == "chat" else native_completion_body(body)
-    req = parse_native(native, kind, rid)
+    # stream and endpoint set as it is built: a dataclasses.replace after was ~5 % of a hit.
+    req = parse_native(native, kind, rid, stream=stream, endpoint=endpoint)
     if req is None:
         raise InvalidParam("messages" if kind == "chat" else "prompt", "must not be empty")
-    return dataclasses.replace(req, stream=stream, endpoint=endpoint), stream, usage
+    return req, stream, usage
 
 
 # -- answers ----------------------------------------------------------------------------------
