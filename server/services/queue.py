@@ -12,10 +12,24 @@ them, and a newcomer gets the next turn rather than a backlog's worth of credit.
 keys' names (or a trusted user header); without keys every request has the same owner and the
 line is first come, first served.
 
-ETA = position × recent average generation time ÷ capacity, falling back to
-`estimated_time_per_request_ms` until a generation has been measured. Capacity is
-`max_concurrent`, or with several Ollama hosts (a `Router`), the slots of the hosts that can
-serve the entry's model.
+ETA: the N slots (N = `max_concurrent`, or with several Ollama hosts (a `Router`), the slots
+of the hosts that can serve the entry's model) serve the line in rounds: positions 1..N start
+as the running generations end, N+1..2N one average generation later, and so on. So position p
+waits (ceil(p / N) − 1) × average, plus the time left to the k-th running generation to end
+(k = (p − 1) mod N + 1, counting the one closest to its end first): average − its elapsed time,
+at least 0; a free slot has none left. The average is that of the last 20 generations; after a
+restart, those measured before it (when `[queue].state_file` keeps them, see `TimingStore`);
+with nothing measured yet, `estimated_time_per_request_ms`, a hand-set figure that a running
+generation is then taken to need in full (elapsed time is not subtracted from a guess).
+
+Positions are coalesced (issue #19: ten thousand waiting clients). The line is kept sorted
+(insertions by binary search, no re-sort per change), and positions are numbered lazily, on
+read. A change that moves waiting entries (one leaves the line, one is put in ahead of others)
+does not call each moved entry's `on_change` at once: the first change after a quiet second
+does, and later ones are gathered into one notice per `notify_interval_s` (1 s). So a waiting
+client hears at most one position update a second (plus the heartbeat its listener sends), and
+draining a line of n costs O(n) per second of notices instead of O(n) frames per freed slot.
+Being granted a slot is told at once.
 
 Several hosts, one line: each host has its own slots, and an entry can run only on a host that
 can serve its model. When a slot frees, the line is walked in service order and each entry takes
@@ -28,14 +42,17 @@ could use at that moment.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import enum
+import heapq
 import itertools
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Protocol
 
 from server.errors import QueueFull, TooManyRequests
@@ -44,6 +61,12 @@ log = logging.getLogger("chatbot.queue")
 
 # How many recent generations the average (and so the ETA) is taken over.
 _HISTORY = 20
+# A waiting entry is told of a new position at most this often (module docstring).
+NOTIFY_INTERVAL_S = 1.0
+# (delay in seconds, callback): how the queue asks to be called back later (call_later).
+Schedule = Callable[[float, Callable[[], None]], object]
+
+_RANK = attrgetter("rank")
 
 
 class Slots(Protocol):
@@ -101,14 +124,27 @@ class QueueEntry:
     enqueued_at: float = field(default_factory=time.monotonic)
     granted_at: float | None = None
     state: State = State.WAITING
-    position: int = 0  # 1-based while waiting, 0 once it holds a slot
     on_change: Callable[[], None] | None = None
     model: str = ""  # "" (a reservation not claimed yet): any host
     # Where it runs once granted: a Host (with a router) or None when no host may serve the
     # model at all (its user answers "model not found").
     host: Any = None
     exclude: list[Any] = field(default_factory=list)  # hosts that failed it
+    # Service order: (priority, as aged, turn, arrival, seq); unique, so it also finds the entry.
+    rank: tuple[int, int, float, int] = (0, 0, 0.0, 0)
     _granted: asyncio.Event = field(default_factory=asyncio.Event)
+    _line: GenerationQueue | None = None
+    _pos: int = 0  # numbered lazily by the queue
+    _told: int = 0  # the position its on_change was last called for
+
+    @property
+    def position(self) -> int:
+        """1-based while waiting, 0 once it holds a slot (or is done)."""
+        if self.state is not State.WAITING:
+            return 0
+        if self._line is not None and self._line._stale:
+            self._line._renumber()
+        return self._pos
 
     @property
     def wait_ms(self) -> float:
@@ -135,6 +171,9 @@ class GenerationQueue:
         estimated_ms: float = 30000,
         aging_factor: float = 4.0,
         router: Router | None = None,
+        notify_interval_s: float = NOTIFY_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+        schedule: Schedule | None = None,
     ) -> None:
         self.router = router
         self._single = _Single()
@@ -142,13 +181,27 @@ class GenerationQueue:
         self.max_queue_size = max_queue_size
         self.estimated_ms = estimated_ms
         self.aging_factor = aging_factor
+        self.notify_interval_s = notify_interval_s
+        self._clock = clock
+        self._schedule = schedule
         self.counters = QueueCounters()
-        self._waiting: list[QueueEntry] = []
+        self._waiting: list[QueueEntry] = []  # in service order: sorted by rank
         self._active: set[QueueEntry] = set()
         self._history: deque[float] = deque(maxlen=_HISTORY)
         self._seq = itertools.count()
         self._serving_turn = 0  # the turn of the entry granted last
         self._last_turn: dict[str, int] = {}  # each owner's latest turn
+        self._waiting_by_owner: dict[str, int] = {}
+        # Waiting entries per routing key (model, hosts excluded): a walk of the line for free
+        # slots stops once every key in it has found its hosts busy.
+        self._keys: dict[Hashable, int] = {}
+        # Batch entries not yet served as interactive, by arrival (a heap): see _promote_aged.
+        self._aging: list[tuple[float, int, QueueEntry]] = []
+        self._stale = False  # some waiting entry's _pos is out of date
+        self._moved = False  # some waiting entry's position moved since its on_change
+        self._last_notice = -math.inf
+        self._notice_due = False  # a notice is scheduled
+        self.notices = 0  # on_change calls for moved positions (a figure for bench/)
 
     # -- figures ------------------------------------------------------------------------------
 
@@ -164,12 +217,50 @@ class GenerationQueue:
     def avg_generation_ms(self) -> float:
         return sum(self._history) / len(self._history) if self._history else self.estimated_ms
 
+    @property
+    def measured(self) -> bool:
+        """Whether the average comes from real generations (here, or kept from before a
+        restart) rather than `estimated_time_per_request_ms`."""
+        return bool(self._history)
+
+    def recent_generations(self) -> list[float]:
+        """The generation times the average is taken over, oldest first (for TimingStore)."""
+        return list(self._history)
+
+    def remember(self, samples: Sequence[float]) -> None:
+        """Start from generation times measured before a restart (newest last); those measured
+        from now on push them out."""
+        self._history.extend(float(ms) for ms in samples if ms > 0)
+
     def capacity(self, model: str | None = None) -> int:
         """Generations that can run at once (for `model`: on the hosts that can serve it)."""
         return self.max_concurrent if self.router is None else self.router.capacity(model)
 
     def eta_ms(self, position: int, model: str | None = None) -> int:
-        return round(position * self.avg_generation_ms / self.capacity(model or None))
+        """How long the entry at `position` will wait for a slot (module docstring)."""
+        if position <= 0:
+            return 0
+        slots = self.capacity(model or None)
+        rounds, k = divmod(position - 1, slots)
+        avg = self.avg_generation_ms
+        left = self._time_left_ms(slots, model or None, avg)
+        return round(rounds * avg + left[k])
+
+    def _time_left_ms(self, slots: int, model: str | None, avg: float) -> list[float]:
+        """Per slot that can serve `model`, the time until it frees, soonest first."""
+        now = self._clock()
+        running = self._active
+        if self.router is not None and model:
+            hosts = self.router.candidates(model)
+            running = {e for e in running if any(e.host is h for h in hosts)}
+        measured = self.measured
+        left = sorted(
+            max(0.0, avg - (now - e.granted_at) * 1000)
+            if measured and e.granted_at is not None
+            else avg
+            for e in running
+        )[:slots]
+        return [0.0] * (slots - len(left)) + left
 
     def retry_after_s(self) -> int:
         """What a rejected client is told to wait: until the line is about one place shorter."""
@@ -190,8 +281,15 @@ class GenerationQueue:
         """Take a place in line (or a slot at once); raise QueueFull when the line is full, or
         TooManyRequests when `owner` already has `max_waiting` (> 0) requests waiting."""
         entry = QueueEntry(
-            priority, label, next(self._seq), owner=owner, on_change=on_change, model=model
+            priority,
+            label,
+            next(self._seq),
+            owner=owner,
+            on_change=on_change,
+            model=model,
+            enqueued_at=self._clock(),
         )
+        entry._line = self
         # Nobody waiting could use a free slot (they would hold it already), so a newcomer that
         # finds one for its model takes it without passing anyone.
         slot = self._slot_for(entry)
@@ -199,7 +297,7 @@ class GenerationQueue:
             self._take_turn(entry)
             self._grant(entry, slot)
             return entry
-        if max_waiting and sum(e.owner == owner for e in self._waiting) >= max_waiting:
+        if max_waiting and self._waiting_by_owner.get(owner, 0) >= max_waiting:
             self.counters.rejected += 1
             retry = str(self.retry_after_s())
             raise TooManyRequests(
@@ -215,8 +313,10 @@ class GenerationQueue:
                 headers={"Retry-After": str(self.retry_after_s())},
             )
         self._take_turn(entry)
-        self._waiting.append(entry)
-        self._reorder()
+        self._promote_aged()  # aged batch work goes ahead of this newcomer
+        entry.rank = (priority, entry.turn, entry.enqueued_at, entry.seq)
+        self._add(entry)
+        self._announce()
         return entry
 
     def _take_turn(self, entry: QueueEntry) -> None:
@@ -240,7 +340,6 @@ class GenerationQueue:
         if entry.state is State.DONE:
             return
         was = entry.state
-        entry.state = State.DONE
         if outcome == "completed":
             self.counters.completed += 1
             if generation_ms is not None:
@@ -251,14 +350,20 @@ class GenerationQueue:
             self.counters.failed += 1
         # "unused": a reservation given back because the request needed no generation.
         if was is State.WAITING:
-            self._waiting.remove(entry)
+            self._remove(self._index(entry))
         else:
             self._free(entry)
+        entry.state = State.DONE
         self._fill_slots()
 
     def retarget(self, entry: QueueEntry, model: str) -> None:
         """A reservation learns its model: if the host it holds cannot serve it, it moves."""
+        waiting = entry.state is State.WAITING
+        if waiting:
+            self._count_key(entry, -1)
         entry.model = model
+        if waiting:
+            self._count_key(entry, +1)
         if (
             entry.state is State.ACTIVE
             and self.router is not None
@@ -288,7 +393,8 @@ class GenerationQueue:
         self._free(entry)
         entry.state = State.WAITING
         entry._granted = asyncio.Event()
-        self._waiting.append(entry)
+        entry._told = 0
+        self._add(entry)
 
     def _free(self, entry: QueueEntry) -> None:
         self._active.discard(entry)
@@ -308,7 +414,81 @@ class GenerationQueue:
     def reset_stats(self) -> None:
         self.counters = QueueCounters()
 
-    # -- internals ----------------------------------------------------------------------------
+    # -- internals: the sorted line -------------------------------------------------------------
+
+    def _add(self, entry: QueueEntry) -> None:
+        """Put a waiting entry in its place in service order."""
+        self._place(entry)
+        self._waiting_by_owner[entry.owner] = self._waiting_by_owner.get(entry.owner, 0) + 1
+        self._count_key(entry, +1)
+        if entry.priority is Priority.BATCH and entry.rank[0] == Priority.BATCH:
+            heapq.heappush(self._aging, (entry.enqueued_at, entry.seq, entry))
+
+    def _place(self, entry: QueueEntry) -> None:
+        line = self._waiting
+        at = bisect.bisect_right(line, entry.rank, key=_RANK)
+        line.insert(at, entry)
+        if at == len(line) - 1:
+            # Last in line: nobody moved, and its position is the line's length either way.
+            entry._pos = entry._told = len(line)
+        else:
+            self._stale = self._moved = True
+
+    def _remove(self, at: int) -> QueueEntry:
+        entry = self._waiting.pop(at)
+        owner = entry.owner
+        left = self._waiting_by_owner[owner] - 1
+        if left:
+            self._waiting_by_owner[owner] = left
+        else:
+            del self._waiting_by_owner[owner]
+        self._count_key(entry, -1)
+        if at < len(self._waiting):  # those behind it moved up
+            self._stale = self._moved = True
+        return entry
+
+    def _index(self, entry: QueueEntry) -> int:
+        at = bisect.bisect_left(self._waiting, entry.rank, key=_RANK)
+        if at < len(self._waiting) and self._waiting[at] is entry:
+            return at
+        return self._waiting.index(entry)  # not expected: ranks are unique and unchanged
+
+    def _count_key(self, entry: QueueEntry, step: int) -> None:
+        if self.router is None:
+            return
+        key = _route_key(entry)
+        count = self._keys.get(key, 0) + step
+        if count > 0:
+            self._keys[key] = count
+        else:
+            self._keys.pop(key, None)
+
+    def _promote_aged(self) -> None:
+        """Batch entries that have waited `aging_factor` × the average are served as
+        interactive from then on (their turn and arrival keep their place among those)."""
+        aging = self._aging
+        if not aging:
+            return
+        oldest = self._clock() - self.aging_factor * self.avg_generation_ms / 1000
+        while aging:
+            enqueued_at, _, entry = aging[0]
+            if entry.state is State.WAITING and entry.rank[0] == Priority.BATCH:
+                if enqueued_at > oldest:
+                    return
+                line_at = self._index(entry)
+                self._waiting.pop(line_at)
+                self._stale = self._moved = True
+                entry.rank = (Priority.INTERACTIVE, *entry.rank[1:])
+                self._place(entry)
+                self._stale = self._moved = True
+            heapq.heappop(aging)
+
+    def _renumber(self) -> None:
+        for pos, entry in enumerate(self._waiting, start=1):
+            entry._pos = pos
+        self._stale = False
+
+    # -- internals: slots and notices -----------------------------------------------------------
 
     def _slot_for(self, entry: QueueEntry) -> Slots | _Nowhere | None:
         """A free slot the entry can take now, NOWHERE if no host can ever serve its model, or
@@ -328,48 +508,67 @@ class GenerationQueue:
             slot.running += 1
         self._serving_turn = max(self._serving_turn, entry.turn)
         entry.state = State.ACTIVE
-        entry.granted_at = time.monotonic()
-        entry.position = 0
+        entry.granted_at = self._clock()
         self._active.add(entry)
         self.counters.granted += 1
-        self.counters.total_wait_ms += entry.wait_ms
+        self.counters.total_wait_ms += (entry.granted_at - entry.enqueued_at) * 1000
         entry._granted.set()
         if entry.on_change:
-            entry.on_change()
+            entry.on_change()  # its turn came: told at once, never coalesced
 
     def _fill_slots(self) -> None:
-        self._reorder()
+        self._promote_aged()
+        line = self._waiting
         if self.router is None:
-            while self._waiting and len(self._active) < self.max_concurrent:
-                self._grant(self._waiting.pop(0), self._single)
+            while line and len(self._active) < self.max_concurrent:
+                self._grant(self._remove(0), self._single)
         else:
-            # In service order, each entry that can start somewhere now does (module docstring).
-            for entry in list(self._waiting):
-                slot = self._slot_for(entry)
-                if slot is not None:
-                    self._waiting.remove(entry)
-                    self._grant(entry, slot)
-        self._reorder()
+            # In service order, each entry that can start somewhere now does (module
+            # docstring). Entries with a key whose hosts were all busy are skipped without
+            # asking the router again; once every key is, nobody further can start.
+            busy: set[Hashable] = set()
+            at = 0
+            while at < len(line) and len(busy) < len(self._keys):
+                entry = line[at]
+                key = _route_key(entry)
+                if key not in busy:
+                    slot = self._slot_for(entry)
+                    if slot is not None:
+                        self._grant(self._remove(at), slot)
+                        continue
+                    busy.add(key)
+                at += 1
+        self._announce()
 
-    def _reorder(self) -> None:
-        """Sort the line in service order and tell every entry whose position moved."""
-        now = time.monotonic()
-        aged_ms = self.aging_factor * self.avg_generation_ms
+    def _announce(self) -> None:
+        """Tell moved entries their new positions: now if the last notice was a while ago,
+        else once `notify_interval_s` after it, for every change meanwhile."""
+        if not self._moved or self._notice_due:
+            return
+        wait = self._last_notice + self.notify_interval_s - self._clock()
+        if wait <= 0:
+            self._notify()
+            return
+        schedule = self._schedule
+        if schedule is None:
+            try:
+                schedule = asyncio.get_running_loop().call_later
+            except RuntimeError:  # no loop (a script driving the queue): tell them now
+                self._notify()
+                return
+        self._notice_due = True
+        schedule(wait, self._notify)
 
-        def arrival(e: QueueEntry) -> tuple[int, float, int]:
-            prio = e.priority
-            if prio is Priority.BATCH and (now - e.enqueued_at) * 1000 >= aged_ms:
-                prio = Priority.INTERACTIVE
-            return (prio, e.enqueued_at, e.seq)
-
-        def rank(e: QueueEntry) -> tuple[int, int, float, int]:
-            prio, enqueued, seq = arrival(e)
-            return (prio, e.turn, enqueued, seq)
-
-        self._waiting.sort(key=rank)
-        for pos, entry in enumerate(self._waiting, start=1):
-            if entry.position != pos:
-                entry.position = pos
+    def _notify(self) -> None:
+        self._notice_due = False
+        self._last_notice = self._clock()
+        self._moved = False
+        if self._stale:
+            self._renumber()
+        for entry in tuple(self._waiting):
+            if entry._told != entry._pos and entry.state is State.WAITING:
+                entry._told = entry._pos
+                self.notices += 1
                 if entry.on_change:
                     entry.on_change()
 
@@ -390,3 +589,10 @@ class GenerationQueue:
             else 0.0,
             "estimated_time_per_request_ms": round(self.avg_generation_ms),
         }
+
+
+def _route_key(entry: QueueEntry) -> Hashable:
+    """What decides where an entry may run: its model, and the hosts that failed it."""
+    if not entry.exclude:
+        return entry.model
+    return (entry.model, *map(id, entry.exclude))
