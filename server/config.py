@@ -267,6 +267,14 @@ class QueueSection:
         default=120,
         metadata=_meta("Seconds an unclaimed /api/chat-queue ticket is kept", min=1, max=86400),
     )
+    state_file: str = field(
+        default="",
+        metadata=_meta(
+            "JSON file keeping the last measured generation times across restarts, so the "
+            "first ETAs after a start use them; empty: queue.json in the platform cache "
+            "directory in the desktop app, none headless"
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import psutil
@@ -39,7 +40,8 @@ from server.services.hosts import Host, HostPool, host_specs
 from server.services.ollama import OllamaClient, OllamaCounters
 from server.services.queue import GenerationQueue, Priority
 from server.services.tickets import Ticket, TicketBook
-from server.services.tiers import build_tiers
+from server.services.tiers import build_tiers, platform_cache_dir
+from server.services.timing import SAVE_EVERY_S, TimingStore
 from server.streams import ChatEvent, ChatStream, Content, Done, RequestRecord, Timer
 
 log = logging.getLogger("chatbot.gateway")
@@ -104,6 +106,13 @@ class Gateway:
             router=self.hosts,
         )
         self.hosts.on_change = self.queue.kick
+        # The last generation times, kept across restarts for the first ETAs ([queue].state_file).
+        state = config.queue.state_file
+        self.timing = TimingStore(
+            Path(state).expanduser()
+            if state
+            else (platform_cache_dir() / "queue.json" if desktop else None)
+        )
         self.hosts.on_first_up = self._warm_up
         self.tickets = TicketBook(self.queue, config.queue.ticket_ttl_seconds)
         self.coalescer = Coalescer()
@@ -149,9 +158,17 @@ class Gateway:
         return self.hosts.hosts[0].client
 
     async def start(self) -> None:
+        self.queue.remember(await self.timing.load())
         await self.hosts.start()
         await self.tiers.start()
         self._tasks.append(asyncio.create_task(self.hosts.run(), name="ollama-probe"))
+        if self.timing.path is not None:
+            self._tasks.append(asyncio.create_task(self._keep_timing(), name="queue-timing"))
+
+    async def _keep_timing(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_EVERY_S)
+            await self.timing.save(self.queue.recent_generations())
 
     async def close(self) -> None:
         await self.bulk_processor.close()
@@ -161,6 +178,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        await self.timing.save(self.queue.recent_generations())
         await self.tiers.close()
         await self.hosts.close()
 

@@ -62,6 +62,7 @@ RUNNING: dict[KeyId, Any] = {
     ("queue", "max_queue_size"): 10,
     ("queue", "estimated_time_per_request_ms"): 1000,
     ("queue", "ticket_ttl_seconds"): 30,
+    ("queue", "state_file"): "/var/lib/chatbot/queue.json",
     ("batch", "enabled"): False,
     ("batch", "max_batch_size"): 5,
     ("batch", "batch_timeout_ms"): 100,
