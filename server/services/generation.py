@@ -259,8 +259,11 @@ class Generation:
                         # a 503, not a 502).
                         raise self.error.copy()
                     raise UpstreamError("the generation was stopped before it finished")
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                # cancellation that comes as the signal fires.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), HEARTBEAT_S if self.waiting else None)
+                    async with asyncio.timeout(HEARTBEAT_S if self.waiting else None):
+                        await changed.wait()
         finally:
             self.listeners -= 1
             if self.listeners == 0 and not self.finished:

@@ -334,8 +334,11 @@ class HostPool:
                 self._wake.clear()
                 waiting = [h.next_probe_at for h in self.hosts if h not in probing]
                 wait = min(waiting, default=now + 1) - now
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow the
+                # cancellation that stops this loop when the wait ends at the same moment.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(0.01, wait))
+                    async with asyncio.timeout(max(0.01, wait)):
+                        await self._wake.wait()
         finally:
             for task in probing.values():
                 task.cancel()
