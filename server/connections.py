@@ -108,7 +108,20 @@ def raise_open_files_limit(config: Config) -> OpenFiles | None:
             wanted,
         )
     streams = config.queue.max_queue_size + config.queue.max_concurrent
-    if allowed < streams:
+    if connection_limit(streams, limits.soft) < streams:
+        # Each waiting streamed client holds a socket: a full line needs that many files.
+        log.warning(
+            "the open-files limit is %d (hard limit %d), short of the %d files that the %d "
+            "streams of a full queue ([queue].max_queue_size + max_concurrent) and %d for the "
+            "server itself need; raise the hard limit (LimitNOFILE= for a systemd service, "
+            "ulimit -Hn as root)",
+            limits.soft,
+            limits.hard,
+            streams + FD_HEADROOM,
+            streams,
+            FD_HEADROOM,
+        )
+    elif allowed < streams:
         log.warning(
             "%d connections are too few for the %d streams the queue holds "
             "([queue].max_queue_size + max_concurrent)",

@@ -10,12 +10,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from server.services.hosts import HostPool, host_specs
 from server.services.queue import GenerationQueue, Priority, QueueEntry, State
-from tests.conftest import make_config, user
+from tests.conftest import ROOT, make_config, user
 from tests.server.test_queue_http import Streamer, slow, until
 
 I = Priority.INTERACTIVE  # noqa: E741 - reads like the priority class
@@ -227,3 +229,27 @@ async def test_a_malformed_state_file_is_ignored_and_the_estimate_used(start_ser
     server = await start_server(queue__state_file=str(state))
     assert server.gateway.queue.avg_generation_ms == 30000
     assert not server.gateway.queue.measured
+
+
+# -- open files -------------------------------------------------------------------------------
+
+
+def test_a_hard_open_files_limit_below_what_a_full_queue_needs_is_named_in_a_warning():
+    # In a child process: the hard limit cannot be raised back once lowered.
+    script = (
+        "import logging, resource\n"
+        "from server.connections import raise_open_files_limit\n"
+        "from tests.conftest import make_config\n"
+        "logging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 2048))\n"
+        "raise_open_files_limit(make_config(queue__max_queue_size=10000))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert "open-files limit raised from 256 to 2048" in out.stderr
+    warning = next(line for line in out.stderr.splitlines() if "full queue" in line)
+    # Both numbers: what it reached, and what the 10,001 streams of a full queue need.
+    assert "the open-files limit is 2048 (hard limit 2048)" in warning
+    assert "short of the 10513 files" in warning and "10001 streams" in warning
