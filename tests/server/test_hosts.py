@@ -524,3 +524,26 @@ async def test_an_embedding_whose_host_fails_is_answered_by_another(
         assert len((await r.json())["embeddings"]) == 1
     assert (await b.stats())["embed_inputs"] == 1
     assert (await states(server)) == ["down", "up"]
+
+
+async def test_a_host_with_the_model_loaded_is_preferred_then_the_larger_weight(
+    start_host: StartHost, start_gateway: StartGateway, http: aiohttp.ClientSession
+) -> None:
+    models = ("llama3.2:latest", "qwen3:4b")
+    a = await start_host(models)
+    b = await start_host(models)
+    c = await start_host(models)
+    # qwen3 is in host b's memory already (someone used it there directly).
+    direct = {"model": "qwen3:4b", "messages": user("warm"), "stream": False}
+    async with http.post(b.url + "/api/chat", json=direct) as r:
+        assert r.status == 200
+    server = await start_gateway([a, b, {"url": c.url, "weight": 2}])
+    await all_up(server)
+    assert (await health(server))["hosts"][1]["loaded"] == ["qwen3:4b"]
+    status, _ = await chat(http, server, "where it is loaded", model="qwen3:4b")
+    assert status == 200
+    assert [(await h.stats())["generations"] for h in (a, b, c)] == [0, 2, 0]
+    # llama3.2 is loaded nowhere: all equally idle, so the larger weight wins over list order.
+    status, _ = await chat(http, server, "by weight")
+    assert status == 200
+    assert [(await h.stats())["generations"] for h in (a, b, c)] == [0, 2, 1]
