@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from server.chat_request import ChatRequest, bad_field, new_request_id, surrogate_path
@@ -283,7 +284,12 @@ class TextLines:
 
 
 def _line(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    """One NDJSON line; orjson, as every relayed token passes here (json.dumps was ~3 µs of
+    each). What orjson refuses (an integer past 64 bits) goes through json.dumps."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
 
 
 # -- handlers ---------------------------------------------------------------------------------
