@@ -330,6 +330,7 @@ async def test_a_killed_host_loses_no_request_that_had_not_started_and_comes_bac
         return bool((await a.stats())["in_progress"])
 
     assert await wait_for(streaming_on_a, timeout=10)
+    done_on_a = (await a.stats())["completed"]
     await a.stop()
     for tab in tabs:
         await tab.finish()
@@ -340,7 +341,8 @@ async def test_a_killed_host_loses_no_request_that_had_not_started_and_comes_bac
     for tab in failed:
         assert tab.content and tab.frames[-1].get("error"), tab.frames
     assert all(not f.get("error") for tab in tabs if tab.done for f in tab.frames)
-    assert (await b.stats())["completed"] >= 8 - len(failed) - 1
+    # The rest ran on host b (one on a may have ended between the count above and the stop).
+    assert (await b.stats())["completed"] >= 8 - len(failed) - done_on_a - 1
     assert (await states(server))[0] == "down"
     down = (await health(server))["hosts"][0]
     assert down["url"] == a.url and down["last_error"]
