@@ -252,11 +252,11 @@ class Gateway:
 
         Whether it is a RAM cache hit is known at once (for the `X-Cache` header), and so is a
         full queue (QueueFull, raised here). A hit from a tier behind RAM (SQLite, Redis) is
-        found inside the stream, so it says MISS but replays with `cached` true; `complete()`
-        asks the tiers first (`tiers_asked`, with the `key` it computed), so a whole-answer
-        request says HIT. Iterating raises GatewayError on failure; closing the stream early
-        (the client left) detaches it, and the upstream generation stops when nobody else
-        listens to it.
+        found inside the stream, so it says MISS but replays with `cached` true; `open()` (used
+        by `complete()` and the handlers) asks the tiers first (`tiers_asked`, with the `key`
+        it computed), so the request says HIT. Iterating raises GatewayError on failure;
+        closing the stream early (the client left) detaches it, and the upstream generation
+        stops when nobody else listens to it.
         """
         priority = Priority(req.priority) if priority is None else priority
         retry = self.limiter.retry_after(req.user, self.config.auth.requests_per_minute_per_user)
@@ -513,17 +513,23 @@ class Gateway:
         status = {"ok": "completed", "cancelled": "cancelled", "disconnected": "cancelled"}
         self.tickets.finish(ticket, status.get(record.status, "failed"))
 
-    async def complete(
-        self, req: ChatRequest, priority: Priority | None = None
-    ) -> tuple[str, Done]:
-        """The whole answer at once (non-streaming clients); queue updates are not needed."""
+    async def open(self, req: ChatRequest, priority: Priority | None = None) -> ChatStream:
+        """chat(), after asking the tiers behind RAM (SQLite, Redis): an answer one of them
+        holds is copied into RAM first, so the stream knows it is a hit before any header is
+        sent (`X-Cache: HIT`). The handlers open their streams here."""
         key = None
         if self.tiers_on and req.cache_read:
             # The key is hashed once (a RAM hit costs no more than without tiers).
             key = self.cache_key(req)
             if not self.cache.contains(key) and (found := await self.tiers.get(key)):
                 self.cache.adopt(key, found, missed=False)
-        stream = self.chat(req, priority, tiers_asked=self.tiers_on, key=key)
+        return self.chat(req, priority, tiers_asked=self.tiers_on, key=key)
+
+    async def complete(
+        self, req: ChatRequest, priority: Priority | None = None
+    ) -> tuple[str, Done]:
+        """The whole answer at once (non-streaming clients); queue updates are not needed."""
+        stream = await self.open(req, priority)
         if stream.hit is not None:
             # Fast path: no word splitting for a client that wants the whole text anyway.
             await stream.aclose()

@@ -77,7 +77,7 @@ async def _stream(
     request: web.Request, gateway: Gateway, req: ChatRequest, info: dict[str, Any]
 ) -> web.StreamResponse:
     rid = req.request_id
-    stream = gateway.chat(req)
+    stream = await gateway.open(req)
     resp = web.StreamResponse(
         headers={**SSE_HEADERS, "X-Cache": "HIT" if stream.cached else "MISS"}
     )

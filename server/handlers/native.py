@@ -349,7 +349,7 @@ async def _stream(
     info: dict[str, Any],
     started_ns: int,
 ) -> web.StreamResponse:
-    stream = gateway.chat(req)
+    stream = await gateway.open(req)
     resp = web.StreamResponse(
         headers={
             "Content-Type": NDJSON,

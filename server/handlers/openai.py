@@ -452,7 +452,7 @@ async def _stream(
     usage: bool,
 ) -> web.StreamResponse:
     chat = req.kind == "chat"
-    stream = gateway.chat(req)
+    stream = await gateway.open(req)
     resp = web.StreamResponse(
         headers={
             **SSE_HEADERS,

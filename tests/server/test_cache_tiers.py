@@ -110,6 +110,37 @@ async def test_a_streamed_question_after_a_restart_is_replayed_from_disk(
     assert await generations(sim) == 1
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (CHAT, {"messages": user("stream the disk's answer"), "stream": True}),
+        ("/api/chat", {"model": "llama3.2", "messages": user("native from disk")}),
+        (
+            "/v1/chat/completions",
+            {"model": "llama3.2", "messages": user("openai from disk"), "stream": True},
+        ),
+    ],
+)
+async def test_a_streamed_repeat_answered_from_disk_says_hit_in_its_header(
+    start_server, sim, http, tmp_path, path, body
+):
+    db = tmp_path / "answers.sqlite3"
+    first = await start_server(cache__backend="sqlite", cache__disk_path=str(db))
+    async with http.post(first.url + path, json=body) as r:
+        assert r.status == 200 and r.headers["X-Cache"] == "MISS"
+        await r.read()
+    await written(first, "sqlite", 1)
+    await first.host.stop()
+
+    second = await start_server(cache__backend="sqlite", cache__disk_path=str(db))
+    async with http.post(second.url + path, json=body) as r:
+        assert r.status == 200, await r.text()
+        assert r.headers["X-Cache"] == "HIT"  # known before the headers, not only in the frames
+        await r.read()
+    assert await generations(sim) == 1
+    assert (await tiers(http, second))["sqlite"]["hits"] == 1
+
+
 async def test_a_gateway_stopped_and_started_again_still_has_its_tiers(
     start_server, sim, http, tmp_path, redis
 ):
