@@ -286,11 +286,11 @@ class ConfigManager(QObject):
     async def refresh_models(self) -> None:
         if self.controller is None:
             return
-        try:
-            models = await self.controller.gateway.ollama.list_models()
-        except GatewayError:
+        # Every host's models (the union), as routing sees them.
+        overview = await self.controller.gateway.models_overview()
+        if overview["installed"] is None:
             return  # unreachable now: the model field still takes any name
-        self.models.emit([m.get("name", "") for m in models])
+        self.models.emit(list(overview["installed"]))
 
     def open_file(self) -> None:
         from PySide6.QtCore import QUrl

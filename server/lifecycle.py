@@ -124,7 +124,8 @@ class ServerHost:
             raise
         self._runner = runner
         self.port = runner.addresses[0][1]
-        log.info("serving on %s (Ollama at %s)", self.url, self.gateway.ollama.base_url)
+        upstream = ", ".join(h.url for h in self.gateway.hosts.hosts)
+        log.info("serving on %s (Ollama at %s)", self.url, upstream)
 
     async def _unbind(self) -> None:
         if self._runner is not None:

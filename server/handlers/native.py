@@ -331,8 +331,19 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
 
 async def relay_json(gateway: Gateway, path: str, body: dict[str, Any]) -> web.Response:
     """A request Ollama answers with one JSON object (load, unload, an empty embedding),
-    relayed as it answered: never cached or shared."""
-    status, content_type, data = await gateway.ollama.send("POST", path, json_body=body)
+    relayed as it answered: never cached or shared.
+
+    With several hosts, a load (or an empty embedding) goes where routing would send the
+    model's requests, so they find it loaded; an unload (`keep_alive` 0) goes to every host
+    that has the model loaded, and the answer is the first one's."""
+    hosts = gateway.hosts
+    model = str(body.get("model") or "")
+    targets = [h for h in hosts.up() if h.has_loaded(model)] if _unloads(body) else []
+    if not targets:
+        chosen = hosts.pick(model) or next(iter(hosts.candidates(model)), None)
+        targets = [chosen] if chosen is not None else hosts.hosts[:1]
+    answers = [await h.client.send("POST", path, json_body=body) for h in targets]
+    status, content_type, data = answers[0]
     return web.Response(
         status=status,
         body=data,
@@ -340,6 +351,12 @@ async def relay_json(gateway: Gateway, path: str, body: dict[str, Any]) -> web.R
         charset="utf-8",
         headers={"X-Cache": "MISS"},
     )
+
+
+def _unloads(body: dict[str, Any]) -> bool:
+    """Whether a load/unload call asks Ollama to unload (`keep_alive` 0, as a number or text)."""
+    value = body.get("keep_alive")
+    return value is not None and str(value).strip() in ("0", "0s", "0m", "0h", "0.0")
 
 
 async def _stream(

@@ -202,3 +202,17 @@ def test_hosts_not_probed_yet_are_counted_but_not_coloured() -> None:
     )
     assert summary(hosts).title == "Hosts (1/2)" and summary(hosts).tone is None
     assert tile_view(hosts[:1]) is None  # one host: the tile as it always was
+
+
+def test_the_settings_model_list_has_every_hosts_models(
+    start_app: Callable[..., Any], run, qtbot, sims: list[Sim]
+) -> None:
+    hosts = [{"url": s.url} for s in sims]
+    app = start_app(file_text=default_toml(), ollama__hosts=hosts)
+    manager = app.companion.config_manager
+    told: list[list[str]] = []
+    manager.models.connect(told.append)
+    run(manager.refresh_models())
+    assert told, "no model list was offered"
+    # The union of the three hosts' models, not only the first host's.
+    assert set(told[-1]) == {name for models in MODELS for name in models}

@@ -549,3 +549,37 @@ async def test_a_host_with_the_model_loaded_is_preferred_then_the_larger_weight(
     status, _ = await chat(http, server, "by weight")
     assert status == 200
     assert [(await h.stats())["generations"] for h in (a, b, c)] == [0, 2, 1]
+
+
+# -- load and unload calls ------------------------------------------------------------------------
+
+
+async def test_a_load_goes_where_the_model_is_and_an_unload_to_every_host_holding_it(
+    start_host: StartHost, start_gateway: StartGateway
+) -> None:
+    a = await start_host(("llama3.2:latest",))
+    b = await start_host(("llama3.2:latest", "qwen3:4b"))
+    server = await start_gateway([a, b])
+    await all_up(server)
+
+    async def generates(host: Host) -> int:
+        return int((await host.stats())["by_path"].get("/api/generate", 0))
+
+    async with aiohttp.ClientSession() as http:
+        # A load (no prompt) of a model only b has goes to b, not to the first host.
+        async with http.post(server.url + "/api/generate", json={"model": "qwen3:4b"}) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["done_reason"] == "load"
+        assert (await generates(a), await generates(b)) == (0, 1)
+        # llama3.2 loaded on both (b by a client of its own), then unloaded through the gateway:
+        # both let it go.
+        for host in (a, b):
+            async with http.post(host.url + "/api/generate", json={"model": "llama3.2"}) as r:
+                assert r.status == 200
+        await server.gateway.hosts.refresh()
+        assert all(h.has_loaded("llama3.2") for h in server.gateway.hosts.hosts)
+        body = {"model": "llama3.2", "keep_alive": 0}
+        async with http.post(server.url + "/api/generate", json=body) as r:
+            assert r.status == 200, await r.text()
+            assert (await r.json())["done_reason"] == "unload"
+        assert (await generates(a), await generates(b)) == (2, 3)
