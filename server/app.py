@@ -15,6 +15,7 @@ from aiohttp import web
 from server import metrics
 from server.auth import ANONYMOUS, Identity, presented_key
 from server.errors import GatewayError
+from server.fast_hits import FAST_HITS, FastHits
 from server.gateway import SERVER_RESTART, SHUTDOWN, Gateway
 from server.handlers import chat, embed, native, ollama_relay, openai, openapi, queue, stats
 from server.handlers.body import expect_handler
@@ -44,6 +45,7 @@ def create_app(gateway: Gateway) -> web.Application:
         ],
     )
     app[GATEWAY] = gateway
+    app[FAST_HITS] = FastHits()
     app[ACTIVE_STREAMS] = set()
     app.on_response_prepare.append(_add_cors_headers)
     for table in (

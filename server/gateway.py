@@ -259,13 +259,7 @@ class Gateway:
         stops when nobody else listens to it.
         """
         priority = Priority(req.priority) if priority is None else priority
-        retry = self.limiter.retry_after(req.user, self.config.auth.requests_per_minute_per_user)
-        if retry is not None:
-            raise TooManyRequests(
-                f"{req.user} made {self.config.auth.requests_per_minute_per_user} requests in "
-                f"the last minute ([auth].requests_per_minute_per_user); try again in {retry} s",
-                headers={"Retry-After": str(retry)},
-            )
+        self._admit(req.user)
         ticket = self.tickets.open(req.request_id, priority, req.user)  # may raise Conflict
         try:
             key = key or self.cache_key(req)
@@ -294,6 +288,45 @@ class Gateway:
         ticket.generation = gen
         self._about[ticket] = (req.endpoint, req.model)
         return ChatStream(self._listen(req, gen, ticket, "coalesced" if joined else "miss"))
+
+    def _admit(self, user: str) -> None:
+        """The per-user rate limit: counts the request, or raises TooManyRequests."""
+        retry = self.limiter.retry_after(user, self.config.auth.requests_per_minute_per_user)
+        if retry is not None:
+            raise TooManyRequests(
+                f"{user} made {self.config.auth.requests_per_minute_per_user} requests in "
+                f"the last minute ([auth].requests_per_minute_per_user); try again in {retry} s",
+                headers={"Retry-After": str(retry)},
+            )
+
+    def known_hit(self, key: str, user: str) -> CachedAnswer | None:
+        """A RAM hit for a whole-answer request whose cache key is already known
+        (server/fast_hits.py), admitted by the rate limit as chat() admits it; None, with
+        nothing counted, when RAM does not hold it (the caller then goes through chat())."""
+        hit = self.cache.peek(key)
+        if hit is None:
+            return None
+        self._admit(user)
+        self.cache.count_hit()
+        return hit
+
+    def count_known_hit(
+        self, request_id: str, model: str, endpoint: str, user: str, hit: CachedAnswer
+    ) -> dict[str, int]:
+        """Count a known_hit() answered: what _record_hit counts (a hit's ticket is opened and
+        forgotten within one call, so none is kept); its stats."""
+        log.debug(
+            "cache hit %s model=%s (%d chars, stored %.0f s ago)",
+            request_id,
+            model,
+            len(hit.text),
+            time.monotonic() - hit.stored_at,
+        )
+        record = RequestRecord(
+            request_id, model, endpoint, cached=True, ttft_ms=0, tokens=hit.eval_count, user=user
+        )
+        self.record(record, prompt_tokens=hit.prompt_eval_count)
+        return record.stats()
 
     def cache_key(self, req: ChatRequest) -> str:
         extra = req.key_extra

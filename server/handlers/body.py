@@ -77,7 +77,11 @@ async def read_body(request: web.Request) -> bytes:
 
 
 async def read_json(request: web.Request) -> Any:
-    raw = await read_body(request)
+    return parse_json(await read_body(request))
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON: strict (no NaN), bounded nesting, a 400 saying what is wrong."""
     if not raw.strip():
         raise BadRequest("request body is empty; send a JSON object", code="invalid_json")
     try:

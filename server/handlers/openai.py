@@ -22,10 +22,12 @@ from typing import Any
 
 from aiohttp import web
 
-from server.chat_request import RANDOM, ChatRequest
+from server import fast_hits
+from server.chat_request import RANDOM, ChatRequest, new_request_id
 from server.errors import BadRequest, GatewayError, NotFound
+from server.fast_hits import FAST_HITS
 from server.gateway import SERVER_RESTART, Gateway, Interruption
-from server.handlers.body import read_json
+from server.handlers.body import parse_json, read_body, read_json
 from server.handlers.caller import as_caller, caller
 from server.handlers.embed import embed_inputs, record
 from server.handlers.fast_json import orjson_response
@@ -33,6 +35,7 @@ from server.handlers.host_fanout import union_tags
 from server.handlers.native import REPLAY_WRITE_BYTES, parse_native, request_id
 from server.json_checks import lone_surrogate_path
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
+from server.services.cache import CachedAnswer
 from server.services.generation import Queued
 from server.streams import Content, Done
 
@@ -404,6 +407,22 @@ def text_completion(model: str, done: Done) -> dict[str, Any]:
     }
 
 
+def _chat_hit(model: str, entry: CachedAnswer) -> dict[str, Any]:
+    """chat_completion for a hit, with its id and `created` holes (0 and 1)."""
+    answer = chat_completion(model, fast_hits.hit_done(model, entry))
+    answer.update(id=fast_hits.hole(0), created=fast_hits.hole(1))
+    return answer
+
+
+def _text_hit(model: str, entry: CachedAnswer) -> dict[str, Any]:
+    answer = text_completion(model, fast_hits.hit_done(model, entry))
+    answer.update(id=fast_hits.hole(0), created=fast_hits.hole(1))
+    return answer
+
+
+_WHOLE_HITS = {"chat": _chat_hit, "generate": _text_hit}
+
+
 def _event(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
 
@@ -425,15 +444,34 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def _complete(request: web.Request, kind: str, endpoint: str) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
-    body = await read_json(request)
+    raw = await read_body(request)
+    hits = request.app[FAST_HITS]
+    memo = None
+    info: dict[str, Any]
+    if "X-Request-Id" not in request.headers:  # an id of its own: the whole way, every time
+        memo = (endpoint, None, caller(request).name, raw)
+        known = hits.find(gateway, memo)
+        if known is not None:
+            rid = new_request_id()
+            prefix = "chatcmpl" if kind == "chat" else "cmpl"
+            values = (fast_hits.text(_completion_id(prefix)), fast_hits.now_s())
+            found = hits.answer(gateway, known, memo[2], rid, _WHOLE_HITS[kind], values)
+            if found is not None:
+                encoded, stats = found
+                info = {"request_id": rid, "model": known.model, **stats, "cached": True}
+                request[CHAT_INFO] = info  # read by the access-log middleware
+                return fast_hits.response(encoded, {"X-Cache": "HIT", "X-Request-Id": rid})
+    body = parse_json(raw)
     rid = request_id(request)
     req, stream, usage = _parse(body, kind, rid, endpoint)
     req = as_caller(req, request)
-    info: dict[str, Any] = {"request_id": rid, "model": req.model}
+    info = {"request_id": rid, "model": req.model}
     request[CHAT_INFO] = info
     if not stream:
         _, done = await gateway.complete(req)
         info.update(done.stats, cached=done.cached)
+        if memo is not None and done.cached:
+            hits.learn(gateway, memo, req)
         answer = (
             chat_completion(req.model, done) if kind == "chat" else text_completion(req.model, done)
         )

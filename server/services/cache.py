@@ -136,6 +136,17 @@ class ResponseCache:
             self.counters.hits += 1
         return answer
 
+    def peek(self, key: str) -> CachedAnswer | None:
+        """get() without counting: the fast hit path counts a hit once it is served."""
+        if not self.enabled:
+            return None
+        self._store.expire()
+        answer: CachedAnswer | None = self._store.get(key)
+        return answer
+
+    def count_hit(self) -> None:
+        self.counters.hits += 1
+
     def put(
         self,
         key: str,
