@@ -20,7 +20,7 @@ from server.gateway import SERVER_RESTART, SHUTDOWN, Gateway
 from server.handlers import chat, embed, native, ollama_relay, openai, openapi, queue, stats
 from server.handlers.body import expect_handler
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY, IDENTITY
-from server.logs import PER_REQUEST
+from server.logs import log_line
 from server.web import dashboard
 
 log = logging.getLogger("chatbot.http")
@@ -111,19 +111,14 @@ def _log_chat(request: web.Request, status: int, chat_info: dict[str, Any], ms: 
     stream a restart or stop ended with 503 and `error=server_restart` or `error=shutdown`.
     """
     ttft = chat_info.get("ttft_ms")
-    log.info(
-        "%s %s %d id=%s model=%s cache=%s ttft=%s total=%sms tokens=%s%s",
-        request.method,
-        request.path,
-        status,
-        chat_info.get("request_id"),
-        chat_info.get("model"),
-        "hit" if chat_info.get("cached") else "miss",
-        "-" if ttft is None else f"{ttft}ms",  # no first token: no time to it
-        chat_info.get("total_ms", round(ms)),
-        chat_info.get("eval_count", 0),
-        f" error={chat_info['error']}" if "error" in chat_info else "",
-        extra=PER_REQUEST,
+    log_line(
+        log,
+        f"{request.method} {request.path} {status} id={chat_info.get('request_id')} "
+        f"model={chat_info.get('model')} cache={'hit' if chat_info.get('cached') else 'miss'} "
+        # No first token: no time to it.
+        f"ttft={'-' if ttft is None else f'{ttft}ms'} "
+        f"total={chat_info.get('total_ms', round(ms))}ms tokens={chat_info.get('eval_count', 0)}"
+        f"{' error=' + str(chat_info['error']) if 'error' in chat_info else ''}",
     )
 
 

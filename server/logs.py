@@ -188,6 +188,44 @@ def _call_later(
 # Extra fields of a log call that writes the one line of a request (the access log).
 PER_REQUEST = {"per_request": True}
 
+
+class LineRecord(logging.LogRecord):
+    """An info record of a line already written out: the access log's line per request.
+
+    What LogRecord's own __init__ does besides (the caller's path split into file and module,
+    the clock read three ways, `%` formatting of a dozen arguments) was ~5 % of a cache hit
+    (bench/README.md, "Hit throughput against the floor"). Formatters, filters and handlers
+    see the attributes every record has; `per_request` as the PER_REQUEST extra gives it."""
+
+    def __init__(self, name: str, message: str) -> None:  # every attribute set here, no super()
+        now = time.time()
+        self.name = name
+        self.msg = message
+        self.args = None
+        self.levelname = "INFO"
+        self.levelno = logging.INFO
+        self.pathname = self.filename = self.module = ""
+        self.exc_info = None
+        self.exc_text = None
+        self.stack_info = None
+        self.lineno = 0
+        self.funcName = ""
+        self.created = now
+        self.msecs = int((now - int(now)) * 1000) + 0.0
+        self.relativeCreated = (now - logging._startTime) * 1000  # type: ignore[attr-defined]
+        self.thread = self.threadName = None
+        self.processName = self.process = None
+        self.taskName = None
+        self.per_request = True
+
+
+def log_line(logger: logging.Logger, message: str) -> None:
+    """`logger.info(message, extra=PER_REQUEST)`, through LineRecord: the same handlers,
+    filters and format, at less cost."""
+    if logger.isEnabledFor(logging.INFO):
+        logger.handle(LineRecord(logger.name, message))
+
+
 # How long a batch of lines may wait before it is written (BatchedStreamHandler).
 BATCH_SECONDS = 0.05
 
