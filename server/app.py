@@ -38,9 +38,7 @@ def create_app(gateway: Gateway) -> web.Application:
         middlewares=[
             access_log,
             json_errors,
-            host_guard,
-            cors_guard,
-            auth_guard,
+            guards,
             dashboard.browser_root,
         ],
     )
@@ -181,7 +179,21 @@ def _host_name(host_header: str) -> str:
 
 
 @web.middleware
-async def host_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def guards(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The Host guard, then CORS, then API keys: the first to answer ends the request. One
+    middleware, with each guard a plain function: every layer of aiohttp's middleware chain
+    costs a coroutine per request (bench/README.md, "Hit throughput against the floor")."""
+    refusal = _host_guard(request)
+    if refusal is None:
+        refusal = _cors_guard(request)
+        if refusal is None:
+            refusal = _auth_guard(request)
+            if refusal is None:
+                return await handler(request)
+    return refusal
+
+
+def _host_guard(request: web.Request) -> web.Response | None:
     bound = request.app[GATEWAY].config.server.host
     if _is_loopback_host(bound):
         host = request.headers.get("Host", "")
@@ -192,7 +204,7 @@ async def host_guard(request: web.Request, handler: Handler) -> web.StreamRespon
                 "answers requests addressed to localhost or a loopback IP",
                 "forbidden_host",
             )
-    return await handler(request)
+    return None
 
 
 # -- API keys
@@ -234,8 +246,7 @@ def _admin_only(request: web.Request) -> bool:
     return path in _MANAGEMENT or path.startswith("/api/blobs/")
 
 
-@web.middleware
-async def auth_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _auth_guard(request: web.Request) -> web.Response | None:
     """Who calls: a key's identity when keys are set (401 without a valid one), else anonymous.
     A configured user header names the user behind a key (or alone), for fair turns."""
     gateway = request.app[GATEWAY]
@@ -243,11 +254,11 @@ async def auth_guard(request: web.Request, handler: Handler) -> web.StreamRespon
     user = request.headers.get(header, "").strip()[:64] if header else ""
     if not gateway.keys:
         request[IDENTITY] = Identity(user, admin=True) if user else ANONYMOUS
-        return await handler(request)
+        return None
     if request.method == "OPTIONS" or (request.method, request.path) in _OPEN:
-        return await handler(request)
+        return None
     if request.method == "GET" and dashboard.is_page(request.path):
-        return await handler(request)  # the page's files; it asks for a key to read the feed
+        return None  # the page's files; it asks for a key to read the feed
     key = presented_key(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
     who = gateway.keys.identify(key) if key else None
     if who is None:
@@ -265,7 +276,7 @@ async def auth_guard(request: web.Request, handler: Handler) -> web.StreamRespon
     if user:
         who = Identity(f"{who.name}/{user}", admin=who.admin, priority=who.priority)
     request[IDENTITY] = who
-    return await handler(request)
+    return None
 
 
 # -- CORS
@@ -276,15 +287,14 @@ def _origin_allowed(request: web.Request, origin: str) -> bool:
     return "*" in allowed or origin in allowed
 
 
-@web.middleware
-async def cors_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _cors_guard(request: web.Request) -> web.Response | None:
     origin = request.headers.get("Origin")
     if origin is None:
-        return await handler(request)  # not a browser's cross-origin call (curl, scripts)
+        return None  # not a browser's cross-origin call (curl, scripts)
     if origin == f"{request.scheme}://{request.host}":
         # The web dashboard's own calls: browsers send Origin on same-origin POSTs too. The
         # Host guard has already checked the host.
-        return await handler(request)
+        return None
     if not _origin_allowed(request, origin):
         # Refused outright, not just left without CORS headers: a page from another origin must
         # not be able to start generations it cannot read ("simple" POSTs skip preflight).
@@ -304,7 +314,7 @@ async def cors_guard(request: web.Request, handler: Handler) -> web.StreamRespon
                 "Access-Control-Max-Age": "600",
             },
         )
-    return await handler(request)
+    return None
 
 
 async def _add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
