@@ -112,6 +112,7 @@ async def one_run(args: argparse.Namespace, sim: Server, logdir: Path, w: int, t
     }
     if args.pythonpath:
         env["PYTHONPATH"] = args.pythonpath
+        env["CHATBOT_CONFIG"] = str(Path(args.pythonpath) / "config.toml")  # its own keys
     gw = spawn_gateway(f"gw-{tag}", sim, logdir, env)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(
