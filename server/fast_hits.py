@@ -152,8 +152,10 @@ def hit_done(model: str, entry: CachedAnswer) -> Done:
 FAST_HITS = web.AppKey("fast_hits", FastHits)
 
 
+JSON = "application/json; charset=utf-8"
+
+
 def response(body: bytes, headers: dict[str, str]) -> web.Response:
-    """What orjson_response gives, from bytes already encoded."""
-    return web.Response(
-        body=body, headers=headers, content_type="application/json", charset="utf-8"
-    )
+    """What orjson_response gives, from bytes already encoded; `headers` include
+    Content-Type (JSON), which aiohttp then takes as it is."""
+    return web.Response(body=body, headers=headers)

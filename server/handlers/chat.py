@@ -65,7 +65,9 @@ async def chat_optimized(request: web.Request) -> web.StreamResponse:
                 encoded, stats = found
                 info = {"request_id": rid, "model": known.model, **stats, "cached": True}
                 request[CHAT_INFO] = info  # read by the access-log middleware
-                return fast_hits.response(encoded, {"X-Cache": "HIT"})
+                return fast_hits.response(
+                    encoded, {"Content-Type": fast_hits.JSON, "X-Cache": "HIT"}
+                )
     body = parse_json(raw)
     req = parse_chat_request(body, gateway.config, accept=accept, cache_control=cache_control)
     req = as_caller(req, request)

@@ -346,7 +346,9 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
                 encoded, stats = found
                 info = {"request_id": rid, "model": known.model, **stats, "cached": True}
                 request[CHAT_INFO] = info  # read by the access-log middleware
-                return fast_hits.response(encoded, {"X-Cache": "HIT", "X-Request-Id": rid})
+                return fast_hits.response(
+                    encoded, {"Content-Type": fast_hits.JSON, "X-Cache": "HIT", "X-Request-Id": rid}
+                )
     body = parse_json(raw)
     rid = request_id(request)
     parsed = parse_native(body, kind, rid)

@@ -460,7 +460,9 @@ async def _complete(request: web.Request, kind: str, endpoint: str) -> web.Strea
                 encoded, stats = found
                 info = {"request_id": rid, "model": known.model, **stats, "cached": True}
                 request[CHAT_INFO] = info  # read by the access-log middleware
-                return fast_hits.response(encoded, {"X-Cache": "HIT", "X-Request-Id": rid})
+                return fast_hits.response(
+                    encoded, {"Content-Type": fast_hits.JSON, "X-Cache": "HIT", "X-Request-Id": rid}
+                )
     body = parse_json(raw)
     rid = request_id(request)
     req, stream, usage = _parse(body, kind, rid, endpoint)

@@ -137,10 +137,11 @@ class ResponseCache:
         return answer
 
     def peek(self, key: str) -> CachedAnswer | None:
-        """get() without counting: the fast hit path counts a hit once it is served."""
+        """get() without counting: the fast hit path counts a hit once it is served. An expired
+        entry is not returned (the store checks the entry's own expiry); sweeping the others
+        out is left to get() and put()."""
         if not self.enabled:
             return None
-        self._store.expire()
         answer: CachedAnswer | None = self._store.get(key)
         return answer
 
