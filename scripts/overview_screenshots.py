@@ -70,22 +70,28 @@ async def shoot(out: Path, suffix: str) -> None:
         base = controller.api_url
         alice, bob, ci = (keys[n][0] for n in ("alice", "bob", "ci-runner"))
         async with aiohttp.ClientSession() as http:
-            # Finished traffic first: misses, repeats (hits) and several models.
+            # Answers of about 3 s each (30 tokens, 100 ms apart), so the queue's average, and
+            # with it the ETAs shown, is that of the answers still running and waiting.
+            pace = {"sim_tokens": 30, "sim_token_delay_ms": 100}
+            # Finished traffic first: misses two at a time, then repeats (hits), several models.
+            await asyncio.gather(
+                chat(http, base, alice, "What is a cache?", "llama3.2", **pace),
+                chat(http, base, alice, "Explain queues", "llama3.2", **pace),
+            )
+            await asyncio.gather(
+                chat(http, base, alice, "Write a haiku", "qwen3:4b", **pace),
+                chat(http, base, alice, "Summarize this", "mistral:7b", **pace),
+            )
+            await chat(http, base, bob, "Why is the sky blue?", "phi3:mini", **pace)
             for question, model in (
                 ("What is a cache?", "llama3.2"),
-                ("Explain queues", "llama3.2"),
-                ("What is a cache?", "llama3.2"),
                 ("Write a haiku", "qwen3:4b"),
-                ("Write a haiku", "qwen3:4b"),
-                ("Summarize this", "mistral:7b"),
                 ("What is a cache?", "llama3.2"),
             ):
-                await chat(http, base, alice, question, model)
-            await chat(http, base, bob, "Why is the sky blue?", "phi3:mini")
-            # Then slow ones: two run, the rest wait their turn.
-            slow = {"sim_tokens": 400, "sim_token_delay_ms": 60}
+                await chat(http, base, bob, question, model, **pace)
+            # Then more: two run, the rest wait their turn.
             waiting = [
-                asyncio.ensure_future(chat(http, base, who, f"Long report {i}", model, **slow))
+                asyncio.ensure_future(chat(http, base, who, f"Long report {i}", model, **pace))
                 for i, (who, model) in enumerate(
                     [
                         (alice, "llama3.2"),
@@ -102,7 +108,7 @@ async def shoot(out: Path, suffix: str) -> None:
             window.show()
             window.resize(1040, 760)
             window.activity.setCurrentWidget(window.queue_view)
-            await asyncio.sleep(4.0)
+            await asyncio.sleep(1.6)
             window.grab().save(str(out / f"overview-queue{suffix}.png"))
             window.activity.setCurrentWidget(window.models_view)
             await asyncio.sleep(1.2)
