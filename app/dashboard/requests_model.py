@@ -29,8 +29,9 @@ USER = COLUMNS.index("User")
 # Who sent a request when no key or user header named anyone: shown muted, as the usual case.
 ANONYMOUS = "anonymous"
 MAX_ROWS = 100
-# Interrupted by the client rather than failed: amber, not red.
-SOFT_STATUSES = frozenset({"cancelled", "disconnected"})
+# Interrupted (by the client, or by a restart or quit of this server) rather than failed: amber,
+# not red.
+SOFT_STATUSES = frozenset({"cancelled", "disconnected", "server_restart", "shutdown"})
 
 _Index = QModelIndex | QPersistentModelIndex
 

@@ -401,9 +401,10 @@ class DashboardWindow(QMainWindow):
             f"avg wait {fmt.millis(queue.get('avg_wait_ms', 0.0))} ms, "
             f"generation {fmt.millis(queue.get('avg_generation_ms', 0.0))} ms"
         )
-        parts.append(
-            f"{queue.get('rejected', 0):,} rejected, {queue.get('cancelled', 0):,} cancelled"
-        )
+        ended = f"{queue.get('rejected', 0):,} rejected, {queue.get('cancelled', 0):,} cancelled"
+        if queue.get("interrupted"):  # ended by Restart or Quit, not by their clients
+            ended += f", {queue['interrupted']:,} cut by a restart"
+        parts.append(ended)
         # The version is the last one Ollama told: shown only while it answers.
         if not ollama.get("reachable"):
             parts.append("Ollama unreachable")

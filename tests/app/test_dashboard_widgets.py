@@ -714,3 +714,27 @@ def test_uptime_reads_naturally(seconds: float, text: str) -> None:
 )
 def test_megabytes_keep_useful_precision(mb: float, text: str) -> None:
     assert fmt.megabytes(mb) == text
+
+
+def test_answers_cut_by_a_restart_are_amber_and_counted_apart(window: DashboardWindow) -> None:
+    window.update_snapshot(
+        snapshot(
+            recent=[
+                record(1, status="server_restart"),
+                record(2, status="disconnected"),
+                record(3, status="ollama_unavailable"),
+            ],
+            queue={**snapshot()["queue"], "interrupted": 2},
+        )
+    )
+    model = window.requests_table.model()
+    status = model.columnCount() - 1
+
+    def colour(row: int) -> Any:
+        return model.index(row, status).data(Qt.ItemDataRole.ForegroundRole)
+
+    by_status = {model.index(r, status).data(): colour(r) for r in range(3)}
+    # Cut by the server's own restart: amber like a client's disconnect, not red like a failure.
+    assert by_status["server_restart"] == by_status["disconnected"]
+    assert by_status["server_restart"] != by_status["ollama_unavailable"]
+    assert "1 cancelled, 2 cut by a restart" in window.status_label.text()
