@@ -34,8 +34,12 @@ from server.services.cache import CachedAnswer
 from server.streams import Done
 
 # Bodies larger than this are not remembered (a chat with a long history hashes in no time
-# next to its parse, but would hold its bytes in the memo): 512 entries hold at most 8 MiB.
+# next to its parse, but would hold its bytes in the memo), and an encoded answer larger than
+# MAX_KEPT is encoded again per request rather than kept (with the entry it came from, which
+# the memo then holds even after the cache dropped it). So the memo holds at most 512 × (16 +
+# 2 × 16) KiB = 24 MiB beyond the cache's own budget; usually far less.
 MAX_BODY = 16 * 1024
+MAX_KEPT = 16 * 1024
 MAX_ENTRIES = 512
 
 # A hole in an encoded answer: a string no answer can hold by chance (per-process random).
@@ -78,6 +82,8 @@ class FastHits:
             self._memo.clear()  # a new configuration: keys and defaults may differ
             self._config = gateway.config
             return None
+        if len(key[3]) > self.max_body:
+            return None  # never remembered: not worth hashing
         return self._memo.get(key)
 
     def learn(self, gateway: Gateway, key: MemoKey, req: ChatRequest) -> None:
@@ -103,10 +109,12 @@ class FastHits:
         entry = gateway.known_hit(known.key, user)  # may raise TooManyRequests
         if entry is None:
             return None
-        if known.entry is not entry:
-            known.parts = _split(orjson.dumps(build(known.model, entry)))
-            known.entry = entry
         parts = known.parts
+        if known.entry is not entry:
+            encoded = orjson.dumps(build(known.model, entry))
+            parts = _split(encoded)
+            kept = len(encoded) <= MAX_KEPT
+            known.parts, known.entry = (parts, entry) if kept else ([], None)
         out = [parts[0]]
         for value, part in zip(values, parts[1:], strict=True):
             out.append(value)

@@ -194,3 +194,18 @@ async def test_a_bad_body_gets_its_error_every_time(server, http):
     for _ in range(3):
         status, _, data = await post(http, server, path, bad)
         assert status == 400 and data["code"] == "invalid_messages"
+
+
+async def test_a_long_answer_is_the_same_on_every_repeat(server, sim, http):
+    # Past fast_hits.MAX_KEPT, the answer is encoded per request rather than kept.
+    body = {
+        "messages": user("tell me everything"),
+        "stream": False,
+        "options": {"sim_tokens": 4000},
+    }
+    _, _, first = await post(http, server, CHAT, body)
+    assert len(first["content"]) > 16 * 1024
+    answers = [await post(http, server, CHAT, body) for _ in range(3)]
+    assert all(h["X-Cache"] == "HIT" and d["content"] == first["content"] for _, h, d in answers)
+    assert len({d["request_id"] for _, _, d in answers}) == 3
+    assert await generations(sim) == 1
