@@ -60,11 +60,12 @@ async def chat_optimized(request: web.Request) -> web.StreamResponse:
         known = hits.find(gateway, memo)
         if known is not None:
             rid = new_request_id()
+            info = {"request_id": rid, "model": known.model}
+            request[CHAT_INFO] = info  # read by the access-log middleware (a 429 too)
             found = hits.answer(gateway, known, memo[2], rid, _whole_hit, (fast_hits.text(rid),))
             if found is not None:
                 encoded, stats = found
-                info = {"request_id": rid, "model": known.model, **stats, "cached": True}
-                request[CHAT_INFO] = info  # read by the access-log middleware
+                info.update(stats, cached=True)
                 return fast_hits.response(
                     encoded, {"Content-Type": fast_hits.JSON, "X-Cache": "HIT"}
                 )

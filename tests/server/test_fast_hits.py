@@ -152,7 +152,10 @@ async def test_a_new_configuration_is_not_answered_with_the_old_key(server, sim,
     assert await generations(sim) == 2
 
 
-async def test_per_key_scope_and_rate_limits_hold_for_repeated_bodies(start_server, sim, http):
+async def test_per_key_scope_and_rate_limits_hold_for_repeated_bodies(
+    start_server, sim, http, caplog
+):
+    caplog.set_level(logging.INFO, logger="chatbot.http")
     keys = {name: auth.new_key(name, "user") for name in ("ada", "bob")}
     server = await start_server(
         auth__keys=tuple(entry for _, entry in keys.values()),
@@ -175,6 +178,8 @@ async def test_per_key_scope_and_rate_limits_hold_for_repeated_bodies(start_serv
     status, headers, data = await post(http, server, path, body, bearer("ada"))  # the fifth
     assert status == 429 and int(headers["Retry-After"]) >= 1
     assert "requests_per_minute_per_user" in data["error"]["message"]
+    refused = caplog.records[-1].getMessage()  # the access line names the refused request
+    assert " 429 id=r-" in refused and "error=too_many_requests" in refused, refused
 
 
 async def test_a_client_s_own_request_id_is_kept_on_every_repeat(server, sim, http):
