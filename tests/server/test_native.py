@@ -7,6 +7,7 @@ import asyncio
 import json
 import subprocess
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 import ollama
@@ -38,8 +39,23 @@ async def _cancelled(sim: Sim) -> bool:
     return await sim_count(sim, "cancelled") > 0
 
 
+_clients: list[ollama.AsyncClient] = []
+
+
 def client(server: Server) -> ollama.AsyncClient:
-    return ollama.AsyncClient(host=server.url)
+    made = ollama.AsyncClient(host=server.url)
+    _clients.append(made)
+    return made
+
+
+@pytest.fixture(autouse=True)
+async def _close_clients() -> AsyncIterator[None]:
+    """Close each test's ollama clients on its own loop: left open, their connections are
+    closed later by the garbage collector, after the loop has gone, and the "Event loop is
+    closed" error lands in whichever test runs then."""
+    yield
+    while _clients:
+        await _clients.pop().close()
 
 
 def answer_fields(resp: ollama.ChatResponse) -> dict[str, object]:
