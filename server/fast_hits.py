@@ -30,6 +30,7 @@ from aiohttp import web
 from server.chat_request import ChatRequest
 from server.config import Config
 from server.gateway import Gateway
+from server.keys import CHAT_INFO
 from server.services.cache import CachedAnswer
 from server.streams import Done
 
@@ -121,6 +122,28 @@ class FastHits:
             out.append(part)
         stats = gateway.count_known_hit(rid, known.model, known.endpoint, user, entry)
         return b"".join(out), stats
+
+    def reply(
+        self,
+        request: web.Request,
+        gateway: Gateway,
+        known: Known,
+        user: str,
+        rid: str,
+        build: Build,
+        values: tuple[bytes, ...],
+        headers: dict[str, str],
+    ) -> web.Response | None:
+        """`answer()` as the response, with `headers` beside Content-Type and X-Cache; the
+        access-log details are set on the request first, so a 429 is logged with its id too."""
+        info: dict[str, Any] = {"request_id": rid, "model": known.model}
+        request[CHAT_INFO] = info
+        found = self.answer(gateway, known, user, rid, build, values)
+        if found is None:
+            return None
+        encoded, stats = found
+        info.update(stats, cached=True)
+        return response(encoded, {"Content-Type": JSON, "X-Cache": "HIT", **headers})
 
 
 def _split(encoded: bytes) -> list[bytes]:

@@ -60,15 +60,10 @@ async def chat_optimized(request: web.Request) -> web.StreamResponse:
         known = hits.find(gateway, memo)
         if known is not None:
             rid = new_request_id()
-            info = {"request_id": rid, "model": known.model}
-            request[CHAT_INFO] = info  # read by the access-log middleware (a 429 too)
-            found = hits.answer(gateway, known, memo[2], rid, _whole_hit, (fast_hits.text(rid),))
-            if found is not None:
-                encoded, stats = found
-                info.update(stats, cached=True)
-                return fast_hits.response(
-                    encoded, {"Content-Type": fast_hits.JSON, "X-Cache": "HIT"}
-                )
+            values = (fast_hits.text(rid),)
+            reply = hits.reply(request, gateway, known, memo[2], rid, _whole_hit, values, {})
+            if reply is not None:
+                return reply
     body = parse_json(raw)
     req = parse_chat_request(body, gateway.config, accept=accept, cache_control=cache_control)
     req = as_caller(req, request)

@@ -341,15 +341,11 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
             rid = new_request_id()
             elapsed = fast_hits.number(max(1, time.perf_counter_ns() - started_ns))
             values = (fast_hits.text(created_at()), elapsed, elapsed)
-            info = {"request_id": rid, "model": known.model}
-            request[CHAT_INFO] = info  # read by the access-log middleware (a 429 too)
-            found = hits.answer(gateway, known, memo[2], rid, _WHOLE_HITS[kind], values)
-            if found is not None:
-                encoded, stats = found
-                info.update(stats, cached=True)
-                return fast_hits.response(
-                    encoded, {"Content-Type": fast_hits.JSON, "X-Cache": "HIT", "X-Request-Id": rid}
-                )
+            build = _WHOLE_HITS[kind]
+            headers = {"X-Request-Id": rid}
+            reply = hits.reply(request, gateway, known, memo[2], rid, build, values, headers)
+            if reply is not None:
+                return reply
     body = parse_json(raw)
     rid = request_id(request)
     parsed = parse_native(body, kind, rid)

@@ -455,15 +455,11 @@ async def _complete(request: web.Request, kind: str, endpoint: str) -> web.Strea
             rid = new_request_id()
             prefix = "chatcmpl" if kind == "chat" else "cmpl"
             values = (fast_hits.text(_completion_id(prefix)), fast_hits.now_s())
-            info = {"request_id": rid, "model": known.model}
-            request[CHAT_INFO] = info  # read by the access-log middleware (a 429 too)
-            found = hits.answer(gateway, known, memo[2], rid, _WHOLE_HITS[kind], values)
-            if found is not None:
-                encoded, stats = found
-                info.update(stats, cached=True)
-                return fast_hits.response(
-                    encoded, {"Content-Type": fast_hits.JSON, "X-Cache": "HIT", "X-Request-Id": rid}
-                )
+            build = _WHOLE_HITS[kind]
+            headers = {"X-Request-Id": rid}
+            reply = hits.reply(request, gateway, known, memo[2], rid, build, values, headers)
+            if reply is not None:
+                return reply
     body = parse_json(raw)
     rid = request_id(request)
     req, stream, usage = _parse(body, kind, rid, endpoint)
