@@ -9,11 +9,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from PySide6.QtGui import QPalette
-from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidget
+from PySide6.QtWidgets import QHeaderView, QTableView, QWidget
 
 from app.dashboard import formatting as fmt
 from app.dashboard.colors import BAD, GOOD, WARN
-from app.dashboard.keyed_rows import KeyedRowsModel, Row
+from app.dashboard.keyed_rows import KeyedRowsModel, Row, read_only_table
 
 COLUMNS = ("Host", "State", "Running", "Weight", "Models", "Loaded", "Last error")
 NUMERIC = ("Running", "Weight")
@@ -159,16 +159,8 @@ class HostsView(QTableView):
         )
         self.summary = Summary(0, 0, 0)
         self.setModel(self.table_model)
-        self.setAlternatingRowColors(True)
-        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.setShowGrid(False)
-        self.setWordWrap(False)
-        self.verticalHeader().setVisible(False)
-        self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
+        read_only_table(self)
         header = self.horizontalHeader()
-        header.setHighlightSections(False)
         header.setStretchLastSection(True)  # the last error, when there is one, takes the rest
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         metrics = self.fontMetrics()

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import QAbstractItemView, QTableView
 
 from app.dashboard.colors import BAD, GOOD, WARN, text_tone
 
@@ -144,3 +145,20 @@ class KeyedRowsModel(QAbstractTableModel):
         elif col in self._centered:
             h = Qt.AlignmentFlag.AlignHCenter
         return h | Qt.AlignmentFlag.AlignVCenter
+
+
+def read_only_table(table: QTableView, min_row_height: int = 0) -> None:
+    """The dashboard's tables alike: whole rows selected one at a time, no editing, no grid or
+    wrapping, no row numbers, rows a line high (or `min_row_height`, for a button), headers
+    that do not light up with the selection."""
+    table.setAlternatingRowColors(True)
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setShowGrid(False)
+    table.setWordWrap(False)
+    table.verticalHeader().setVisible(False)
+    table.verticalHeader().setDefaultSectionSize(
+        max(table.fontMetrics().height() + 6, min_row_height)
+    )
+    table.horizontalHeader().setHighlightSections(False)

@@ -8,11 +8,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from PySide6.QtGui import QPalette
-from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableView, QWidget
+from PySide6.QtWidgets import QHeaderView, QTableView, QWidget
 
 from app.dashboard import formatting as fmt
 from app.dashboard.breakdown import OTHER, Share, shares
-from app.dashboard.keyed_rows import KeyedRowsModel, Row
+from app.dashboard.keyed_rows import KeyedRowsModel, Row, read_only_table
 from server.services.cache import normalize_model
 
 COLUMNS = ("Model", "Requests", "Hit rate", "Avg generation (ms)", "Installed", "Loaded")
@@ -90,16 +90,8 @@ class ModelsView(QTableView):
             COLUMNS, NUMERIC, HEADER_TIPS, centered=("Installed", "Loaded")
         )
         self.setModel(self.table_model)
-        self.setAlternatingRowColors(True)
-        self.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.setShowGrid(False)
-        self.setWordWrap(False)
-        self.verticalHeader().setVisible(False)
-        self.verticalHeader().setDefaultSectionSize(self.fontMetrics().height() + 6)
+        read_only_table(self)
         header = self.horizontalHeader()
-        header.setHighlightSections(False)
         header.setStretchLastSection(False)
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)

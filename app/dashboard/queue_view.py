@@ -9,7 +9,6 @@ from typing import Any
 from PySide6.QtCore import QModelIndex, QPoint, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence, QPalette
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QHeaderView,
     QLabel,
     QMenu,
@@ -20,7 +19,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.dashboard import formatting as fmt
-from app.dashboard.keyed_rows import KeyedRowsModel, Row
+from app.dashboard.keyed_rows import KeyedRowsModel, Row, read_only_table
 
 COLUMNS = (
     "Request",
@@ -129,19 +128,8 @@ class QueueView(QStackedWidget):
     def _make_table(self) -> QTableView:
         table = QTableView()
         table.setModel(self.model)
-        table.setAlternatingRowColors(True)
-        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        table.setShowGrid(False)
-        table.setWordWrap(False)
-        table.verticalHeader().setVisible(False)
-        button_height = QPushButton("Cancel").sizeHint().height()
-        table.verticalHeader().setDefaultSectionSize(
-            max(table.fontMetrics().height() + 6, button_height)
-        )
+        read_only_table(table, QPushButton("Cancel").sizeHint().height())
         header = table.horizontalHeader()
-        header.setHighlightSections(False)
         header.setStretchLastSection(False)
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         # Model names vary most in length: that column takes the spare width.

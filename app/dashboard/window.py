@@ -20,7 +20,6 @@ from PySide6.QtGui import (
     QShortcut,
 )
 from PySide6.QtWidgets import (
-    QAbstractItemView,
     QDialog,
     QHBoxLayout,
     QHeaderView,
@@ -41,6 +40,7 @@ from app.dashboard.breakdown import Breakdown
 from app.dashboard.charts import ChartPanel
 from app.dashboard.colors import BAD, GOOD, text_tone
 from app.dashboard.hosts_view import HostsView, tile_view, valid_hosts
+from app.dashboard.keyed_rows import read_only_table
 from app.dashboard.log_tail import LogView
 from app.dashboard.models_view import ModelsView
 from app.dashboard.queue_view import QueueView
@@ -159,16 +159,8 @@ class DashboardWindow(QMainWindow):
     def _make_table(self) -> QTableView:
         table = QTableView()
         table.setModel(self.requests_model)
-        table.setAlternatingRowColors(True)
-        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        table.setShowGrid(False)
-        table.setWordWrap(False)
-        table.verticalHeader().setVisible(False)
-        table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 6)
+        read_only_table(table)
         header = table.horizontalHeader()
-        header.setHighlightSections(False)
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         # Model names vary most in length: that column takes the spare width. Other widths come
         # from the font rather than ResizeToContents, which would re-measure every cell on each
