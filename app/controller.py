@@ -84,6 +84,9 @@ class Controller(QObject):
         self._ollama_up: bool | None = None
         self._last_notice: dict[str, float] = {}
         self._told_down = False  # "Ollama unreachable" was told, "Ollama is back" not yet
+        # With several hosts: each one's last state, and those told down and not yet back.
+        self._host_states: dict[str, Any] = {}
+        self._hosts_told_down: set[str] = set()
         self._busy: asyncio.Task[None] | None = None
         # The latest gateway.models_overview(); None until the first answer.
         self._models: dict[str, Any] | None = None
@@ -292,27 +295,55 @@ class Controller(QObject):
         snap = self.snapshot()
         self.record_history(snap, time.monotonic())
         self._watch_ollama(bool(snap["ollama"]["reachable"]))
+        self._watch_hosts(snap.get("hosts") or [])
         self.snapshot_ready.emit(snap)
+
+    def _watch_hosts(self, hosts: list[dict[str, Any]]) -> None:
+        """With several hosts, one going down is news too (its requests go to the others, a
+        model only it has fails): told like Ollama going away, and its coming back after. While
+        no host answers, "Ollama unreachable" alone says so."""
+        if len(hosts) < 2 or not self.host.running:
+            return
+        up = sum(h.get("state") == "up" for h in hosts)
+        for h in hosts:
+            url, state = str(h.get("url")), h.get("state")
+            was = self._host_states.get(url)
+            self._host_states[url] = state
+            if state == was or state == "unknown":
+                continue
+            if state == "down" and up and self._since(f"host_down {url}") >= NOTIFY_EVERY_S:
+                self._hosts_told_down.add(url)
+                self._notify(
+                    f"host_down {url}",
+                    "Ollama host down",
+                    f"{url} does not answer ({h.get('last_error') or 'no answer'}); "
+                    f"{up} of {len(hosts)} hosts up take its requests.",
+                )
+            elif state == "up" and url in self._hosts_told_down:
+                self._hosts_told_down.discard(url)
+                self._notify(
+                    f"host_back {url}",
+                    "Ollama host back",
+                    f"{url} answers again; {up} of {len(hosts)} hosts up.",
+                )
 
     def _watch_ollama(self, up: bool) -> None:
         if not self.host.running or self.gateway.ollama.reachable is None:
             return
         if up != self._ollama_up:
-            url = self.gateway.ollama.base_url
+            where = self._ollama_where()
             if self._ollama_up is not None or not up:
                 if up:
                     # Told after a told "unreachable", however soon: never left hanging.
                     if self._told_down:
                         self._told_down = False
-                        self._notify(
-                            "ollama_back", "Ollama is back", f"Ollama at {url} answers again."
-                        )
+                        self._notify("ollama_back", "Ollama is back", f"{where} answers again.")
                 elif self._since("ollama_down") >= NOTIFY_EVERY_S:
                     self._told_down = True
                     self._notify(
                         "ollama_down",
                         "Ollama unreachable",
-                        f"Ollama at {url} does not answer; chats fail until it is back.",
+                        f"{where} does not answer; chats fail until it is back.",
                     )
             self._ollama_up = up
             self._serving()
@@ -321,13 +352,17 @@ class Controller(QObject):
         if not self.host.running:
             return
         if self._ollama_up is False:
-            self._set_state(
-                "ollama_down",
-                f"Serving on {self.api_url}, but Ollama at {self.gateway.ollama.base_url} "
-                "is unreachable",
-            )
+            where = self._ollama_where()
+            self._set_state("ollama_down", f"Serving on {self.api_url}, but {where} is unreachable")
         else:
             self._set_state("serving", f"Serving on {self.api_url}")
+
+    def _ollama_where(self) -> str:
+        """ "Ollama at URL", or with several hosts "Ollama (every one of its N hosts)"."""
+        hosts = self.gateway.hosts.hosts
+        if len(hosts) == 1:
+            return f"Ollama at {hosts[0].url}"
+        return f"Ollama (every one of its {len(hosts)} hosts)"
 
     def _failed_port(self, exc: PortInUse) -> None:
         where = f"in {self.config_path}" if self.config_path else "in the config file"

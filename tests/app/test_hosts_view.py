@@ -137,6 +137,8 @@ def test_hosts_tab_lists_each_host_and_shows_one_down_and_back(
     qtbot.waitUntil(lambda: column(view, "Loaded")[2] == "phi3:latest", timeout=5000)
     assert column(view, "Loaded")[:2] == ["none", "none"]
 
+    told: list[tuple[str, str]] = []
+    app.controller.notify.connect(lambda title, text: told.append((title, text)))
     view.select(b.url)
     run(c.stop())
     qtbot.waitUntil(lambda: states()[2].startswith("down"), timeout=10_000)
@@ -149,6 +151,10 @@ def test_hosts_tab_lists_each_host_and_shows_one_down_and_back(
     qtbot.waitUntil(lambda: tile.value_text() == "2 of 3 hosts up", timeout=2000)
     assert tile.tone() == WARN
     assert f"{c.url}: down (" in tile.toolTip() and f"{a.url}: up" in tile.toolTip()
+    # The tray tells it too: one host of three down is news, though Ollama as a whole answers.
+    qtbot.waitUntil(lambda: bool(told), timeout=2000)
+    assert told[-1][0] == "Ollama host down"
+    assert c.url in told[-1][1] and "2 of 3 hosts up" in told[-1][1]
     assert dash.activity.tabText(tab) == "Hosts (2/3)"
     assert dash.activity.tabBar().tabTextColor(tab) == text_tone(WARN, dash.palette())
     # A theme switched to dark keeps the warning legible: lighter, not the light theme's shade.
@@ -167,6 +173,9 @@ def test_hosts_tab_lists_each_host_and_shows_one_down_and_back(
     qtbot.waitUntil(lambda: tile.value_text() == "3 of 3 hosts up", timeout=2000)
     assert tile.tone() == GOOD
     assert view.selected_url() == b.url
+    qtbot.waitUntil(lambda: told[-1][0] == "Ollama host back", timeout=2000)
+    assert c.url in told[-1][1] and "3 of 3 hosts up" in told[-1][1]
+    assert [title for title, _ in told] == ["Ollama host down", "Ollama host back"]
 
 
 def test_one_host_keeps_the_tile_as_it_was_and_lists_the_host(
