@@ -19,7 +19,7 @@ from server.fast_hits import FAST_HITS, FastHits
 from server.gateway import SERVER_RESTART, SHUTDOWN, Gateway
 from server.handlers import chat, embed, native, ollama_relay, openai, openapi, queue, stats
 from server.handlers.body import expect_handler
-from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY, IDENTITY
+from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY, IDENTITY, note_error
 from server.logs import log_line
 from server.web import dashboard
 
@@ -126,9 +126,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
     try:
         return await handler(request)
     except GatewayError as exc:
-        info = request.get(CHAT_INFO)
-        if info is not None:
-            info["error"] = exc.code
+        note_error(request, exc.code)
         return json_error(exc.status, exc.message, exc.code, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:

@@ -189,8 +189,18 @@ class Gateway:
             self._interrupted[task] = Interruption(reason)
             task.cancel()
 
-    def interruption(self) -> Interruption | None:
-        """Why the server is ending the current task's stream, if it is (see `interrupt`)."""
+    def interruption(self, info: dict[str, Any]) -> Interruption:
+        """Why the current task's stream was cancelled, for its last frame: the server's restart
+        or stop (see `interrupt`), noted in `info` (the access log's status and tokens), or,
+        when the client left, a stand-in it never reads."""
+        stop = self._stopping()
+        if stop is None:
+            return Interruption(SERVER_RESTART)
+        info.update(stop.stats, error=stop.reason)
+        return stop
+
+    def _stopping(self) -> Interruption | None:
+        """Why the server is ending the current task's stream, if it is."""
         task = asyncio.current_task()
         return self._interrupted.get(task) if task is not None else None
 
@@ -483,7 +493,7 @@ class Gateway:
         except (asyncio.CancelledError, GeneratorExit):
             if not record.total_ms:
                 record.tokens = streamed
-                stop = self.interruption()
+                stop = self._stopping()
                 record.status = stop.reason if stop is not None else "disconnected"
                 if stop is not None and gen.listeners == 0 and not gen.finished:
                     # Its queue slot is freed as "interrupted", not counted as cancelled (the

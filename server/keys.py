@@ -17,3 +17,11 @@ ACTIVE_STREAMS = web.AppKey("active_streams", set[asyncio.Task[Any]])
 CHAT_INFO = web.RequestKey("chat_info", dict[str, Any])
 # Who the request comes from, as the auth middleware found out.
 IDENTITY = web.RequestKey("identity", Identity)
+
+
+def note_error(request: web.Request, code: str) -> None:
+    """Give a chat request's access-log line the error it ended with (other requests have no
+    CHAT_INFO: their line comes from their status alone)."""
+    info = request.get(CHAT_INFO)
+    if info is not None:
+        info["error"] = code

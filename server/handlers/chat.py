@@ -15,7 +15,7 @@ from server import fast_hits
 from server.chat_request import ChatRequest, new_request_id, parse_chat_request
 from server.errors import BadRequest, GatewayError
 from server.fast_hits import FAST_HITS
-from server.gateway import SERVER_RESTART, Gateway, Interruption
+from server.gateway import Gateway
 from server.handlers.body import parse_json, read_body, read_json
 from server.handlers.caller import as_caller, caller
 from server.handlers.fast_json import orjson_response
@@ -156,10 +156,7 @@ async def _stream(
     except asyncio.CancelledError:
         # The client left (then this write fails quietly), or the server is stopping or
         # restarting and its drain time ran out: tell the client why its answer ends here.
-        stop = gateway.interruption()
-        if stop is not None:
-            info.update(stop.stats, error=stop.reason)  # the log line's status and tokens
-        ending = stop or Interruption(SERVER_RESTART)  # a client that left never reads it
+        ending = gateway.interruption(info)
         await _final_error(
             resp, {"error": ending.message, "code": ending.code, "done": True, "request_id": rid}
         )

@@ -24,11 +24,11 @@ from server import fast_hits
 from server.chat_request import ChatRequest, bad_field, new_request_id, surrogate_path
 from server.errors import BadRequest, GatewayError
 from server.fast_hits import FAST_HITS
-from server.gateway import SERVER_RESTART, Gateway, Interruption
+from server.gateway import Gateway
 from server.handlers.body import parse_json, read_body
 from server.handlers.caller import as_caller, caller
 from server.handlers.fast_json import orjson_response
-from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
+from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY, note_error
 from server.services.cache import CachedAnswer
 from server.streams import Content, Done
 
@@ -72,9 +72,7 @@ def native_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except GatewayError as exc:
-            info = request.get(CHAT_INFO)
-            if info is not None:
-                info["error"] = exc.code
+            note_error(request, exc.code)
             return ollama_error(exc.upstream_status or exc.status, error_text(exc), exc.headers)
 
     return wrapped
@@ -451,11 +449,8 @@ async def _stream(
         info["error"] = "disconnected"
         return resp
     except asyncio.CancelledError:
-        stop = gateway.interruption()
-        if stop is not None:
-            info.update(stop.stats, error=stop.reason)  # the log line's status and tokens
+        ending = gateway.interruption(info)
         if resp.prepared:
-            ending = stop or Interruption(SERVER_RESTART)  # a client that left never reads it
             await _last_line(resp, {"error": ending.message})
         raise
     except GatewayError as exc:

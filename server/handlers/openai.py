@@ -26,7 +26,7 @@ from server import fast_hits
 from server.chat_request import RANDOM, ChatRequest, new_request_id
 from server.errors import BadRequest, GatewayError, NotFound
 from server.fast_hits import FAST_HITS
-from server.gateway import SERVER_RESTART, Gateway, Interruption
+from server.gateway import Gateway
 from server.handlers.body import parse_json, read_body, read_json
 from server.handlers.caller import as_caller, caller
 from server.handlers.embed import embed_inputs, record
@@ -34,7 +34,7 @@ from server.handlers.fast_json import orjson_response
 from server.handlers.host_fanout import union_tags
 from server.handlers.native import REPLAY_WRITE_BYTES, parse_native, request_id
 from server.json_checks import lone_surrogate_path
-from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
+from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY, note_error
 from server.services.cache import CachedAnswer
 from server.services.generation import Queued
 from server.streams import Content, Done
@@ -92,9 +92,7 @@ def openai_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except GatewayError as exc:
-            info = request.get(CHAT_INFO)
-            if info is not None:
-                info["error"] = exc.code
+            note_error(request, exc.code)
             headers = dict(exc.headers)
             return web.json_response(
                 openai_error_body(exc), status=exc.upstream_status or exc.status, headers=headers
@@ -568,10 +566,7 @@ async def _stream(
         info["error"] = "disconnected"
         return resp
     except asyncio.CancelledError:
-        stop = gateway.interruption()
-        if stop is not None:
-            info.update(stop.stats, error=stop.reason)  # the log line's status and tokens
-        ending = stop or Interruption(SERVER_RESTART)  # a client that left never reads it
+        ending = gateway.interruption(info)
         with contextlib.suppress(Exception):
             await resp.write(
                 _event(
