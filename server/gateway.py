@@ -370,19 +370,10 @@ class Gateway:
             )
 
         def store(answer: Answer) -> None:
+            cached = _cached(req.model, answer)
             if self.tiers_on:
-                self.tiers.put(key, _cached(req.model, answer))
-            self.cache.put(
-                key,
-                answer.text,
-                req.model,
-                answer.eval_count,
-                thinking=answer.thinking,
-                tool_calls=answer.tool_calls,
-                done_reason=answer.done_reason,
-                prompt_eval_count=answer.prompt_eval_count,
-                context=answer.context,
-            )
+                self.tiers.put(key, cached)
+            self.cache.put_answer(key, cached)
 
         gen = Generation(
             ollama=self.ollama,

@@ -183,7 +183,13 @@ class ResponseCache:
         if missed:
             self.counters.misses -= 1
             self.counters.hits += 1
-        self.put(
+        self.put_answer(key, answer)
+        stored: CachedAnswer | None = self._store.get(key)
+        return stored or answer
+
+    def put_answer(self, key: str, answer: CachedAnswer) -> bool:
+        """`put` of an answer already in the entry's shape, keeping its `stored_at`."""
+        return self.put(
             key,
             answer.text,
             answer.model,
@@ -195,8 +201,6 @@ class ResponseCache:
             prompt_eval_count=answer.prompt_eval_count,
             context=answer.context,
         )
-        stored: CachedAnswer | None = self._store.get(key)
-        return stored or answer
 
     def contains(self, key: str) -> bool:
         """Whether RAM holds a live answer for the key; counts nothing, expires nothing (the
