@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -13,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from server import metrics
-from server.auth import ANONYMOUS, Identity, presented_key
+from server.auth import ANONYMOUS, Identity, is_loopback, presented_key
 from server.errors import GatewayError
 from server.fast_hits import FAST_HITS, FastHits
 from server.gateway import SERVER_RESTART, SHUTDOWN, Gateway
@@ -160,14 +159,8 @@ def _http_exception(request: web.Request, exc: web.HTTPException) -> web.Respons
 # -- Host guard: DNS-rebinding protection while bound to loopback (as Ollama's CVE-2024-28224 fix)
 
 
-@functools.lru_cache(maxsize=256)
-def _is_loopback_host(host: str) -> bool:
-    if host in ("localhost",) or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+# Asked for every request's Host header: the answers are kept (a handful of names in practice).
+_is_loopback_host = functools.lru_cache(maxsize=256)(is_loopback)
 
 
 def _host_name(host_header: str) -> str:
