@@ -22,10 +22,8 @@ from PySide6.QtCore import QModelIndex, QPersistentModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
-    QPushButton,
     QStyledItemDelegate,
     QStyleOptionViewItem,
     QTableWidget,
@@ -35,6 +33,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.settings import tones
+from app.settings.list_editor import beside_add_remove
 from server.config import HostSpec
 
 HostsCheck = Callable[[list[dict[str, Any]]], list[str]]  # the server's problems, [] when valid
@@ -145,21 +144,9 @@ class HostsEditor(QWidget):
         overlay = QVBoxLayout(self.table.viewport())
         overlay.addWidget(self.empty_hint)
 
-        self.add_button = QPushButton("Add")
-        self.add_button.setToolTip("Add a host and start editing its URL")
-        self.remove_button = QPushButton("Remove")
-        self.remove_button.setToolTip("Remove the selected hosts")
-        self.remove_button.setEnabled(False)
-        self.buttons = QVBoxLayout()
-        self.buttons.setSpacing(4)
-        self.buttons.addWidget(self.add_button)
-        self.buttons.addWidget(self.remove_button)
-        self.buttons.addStretch(1)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(6)
-        layout.addWidget(self.table, 1)
-        layout.addLayout(self.buttons)
+        self.add_button, self.remove_button, self.buttons = beside_add_remove(
+            self, self.table, "Add a host and start editing its URL", "Remove the selected hosts"
+        )
 
         self.add_button.clicked.connect(lambda: self.add_host())
         self.remove_button.clicked.connect(self.remove_selected)

@@ -64,22 +64,12 @@ class ListEditor(QWidget):
         rows = self.list_widget.fontMetrics().height() + 8
         self.list_widget.setMinimumHeight(rows * 3 + 6)
         self.list_widget.setMaximumHeight(rows * 5 + 6)
-        self.add_button = QPushButton("Add")
-        self.add_button.setToolTip("Add an entry and start editing it")
-        self.remove_button = QPushButton("Remove")
-        self.remove_button.setToolTip("Remove the selected entries")
-        self.remove_button.setEnabled(False)
-
-        self.buttons = QVBoxLayout()
-        self.buttons.setSpacing(4)
-        self.buttons.addWidget(self.add_button)
-        self.buttons.addWidget(self.remove_button)
-        self.buttons.addStretch(1)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(6)
-        layout.addWidget(self.list_widget, 1)
-        layout.addLayout(self.buttons)
+        self.add_button, self.remove_button, self.buttons = beside_add_remove(
+            self,
+            self.list_widget,
+            "Add an entry and start editing it",
+            "Remove the selected entries",
+        )
 
         self.add_button.clicked.connect(self.add_entry)
         self.remove_button.clicked.connect(self.remove_selected)
@@ -165,3 +155,26 @@ class ListEditor(QWidget):
     def refresh_colors(self, background: QPalette) -> None:
         """Re-tone the marks for a new palette."""
         self._mark_problems(background)
+
+
+def beside_add_remove(
+    owner: QWidget, view: QWidget, add_tip: str, remove_tip: str
+) -> tuple[QPushButton, QPushButton, QVBoxLayout]:
+    """Lay out `owner` as `view` with a column of Add and Remove (disabled until something is
+    selected) beside it; the column is returned too, for editors that add buttons of their own."""
+    add = QPushButton("Add")
+    add.setToolTip(add_tip)
+    remove = QPushButton("Remove")
+    remove.setToolTip(remove_tip)
+    remove.setEnabled(False)
+    buttons = QVBoxLayout()
+    buttons.setSpacing(4)
+    buttons.addWidget(add)
+    buttons.addWidget(remove)
+    buttons.addStretch(1)
+    layout = QHBoxLayout(owner)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.setSpacing(6)
+    layout.addWidget(view, 1)
+    layout.addLayout(buttons)
+    return add, remove, buttons
