@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -12,14 +11,14 @@ from typing import Any
 from aiohttp import web
 
 from server import metrics
-from server.auth import ANONYMOUS, Identity, is_loopback, presented_key
+from server.auth import as_user, host_allowed, presented_key, unkeyed_caller
 from server.errors import GatewayError
 from server.fast_hits import FAST_HITS, FastHits
 from server.gateway import SERVER_RESTART, SHUTDOWN, Gateway
 from server.handlers import chat, embed, native, ollama_relay, openai, openapi, queue, stats
 from server.handlers.body import expect_handler
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY, IDENTITY, note_error
-from server.logs import log_line
+from server.logs import log_chat
 from server.web import dashboard
 
 log = logging.getLogger("chatbot.http")
@@ -87,36 +86,18 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
             if not by_server:
                 info["error"] = "disconnected"
             ms = (time.perf_counter() - started) * 1000
-            _log_chat(request, 503 if by_server else 499, info, ms)
+            log_chat(request.method, request.path, 503 if by_server else 499, info, ms)
         else:
             log.debug("%s %s client disconnected", request.method, request.path_qs)
         raise
     ms = (time.perf_counter() - started) * 1000
     chat_info = request.get(CHAT_INFO)
     if chat_info is not None:
-        _log_chat(request, resp.status, chat_info, ms)
+        log_chat(request.method, request.path, resp.status, chat_info, ms)
     else:
         level = logging.INFO if resp.status >= 400 else logging.DEBUG
         log.log(level, "%s %s %d %.1fms", request.method, request.path_qs, resp.status, ms)
     return resp
-
-
-def _log_chat(request: web.Request, status: int, chat_info: dict[str, Any], ms: float) -> None:
-    """One line per chat request: what a person debugging a slow or failed answer needs.
-
-    A client that disconnected is logged with status 499 (nginx's "client closed request"), a
-    stream a restart or stop ended with 503 and `error=server_restart` or `error=shutdown`.
-    """
-    ttft = chat_info.get("ttft_ms")
-    log_line(
-        log,
-        f"{request.method} {request.path} {status} id={chat_info.get('request_id')} "
-        f"model={chat_info.get('model')} cache={'hit' if chat_info.get('cached') else 'miss'} "
-        # No first token: no time to it.
-        f"ttft={'-' if ttft is None else f'{ttft}ms'} "
-        f"total={chat_info.get('total_ms', round(ms))}ms tokens={chat_info.get('eval_count', 0)}"
-        f"{' error=' + str(chat_info['error']) if 'error' in chat_info else ''}",
-    )
 
 
 @web.middleware
@@ -159,16 +140,6 @@ def _http_exception(request: web.Request, exc: web.HTTPException) -> web.Respons
 # -- Host guard: DNS-rebinding protection while bound to loopback (as Ollama's CVE-2024-28224 fix)
 
 
-# Asked for every request's Host header: the answers are kept (a handful of names in practice).
-_is_loopback_host = functools.lru_cache(maxsize=256)(is_loopback)
-
-
-def _host_name(host_header: str) -> str:
-    if host_header.startswith("["):  # [::1]:8080
-        return host_header[1:].split("]", 1)[0]
-    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
-
-
 @web.middleware
 async def guards(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The Host guard, then CORS, then API keys: the first to answer ends the request. One
@@ -185,16 +156,14 @@ async def guards(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _host_guard(request: web.Request) -> web.Response | None:
-    bound = request.app[GATEWAY].config.server.host
-    if _is_loopback_host(bound):
-        host = request.headers.get("Host", "")
-        if host and not _is_loopback_host(_host_name(host).lower()):
-            return json_error(
-                403,
-                f"Host header {host!r} is not allowed: the gateway listens on loopback and only "
-                "answers requests addressed to localhost or a loopback IP",
-                "forbidden_host",
-            )
+    host = request.headers.get("Host", "")
+    if not host_allowed(request.app[GATEWAY].config.server.host, host):
+        return json_error(
+            403,
+            f"Host header {host!r} is not allowed: the gateway listens on loopback and only "
+            "answers requests addressed to localhost or a loopback IP",
+            "forbidden_host",
+        )
     return None
 
 
@@ -244,7 +213,7 @@ def _auth_guard(request: web.Request) -> web.Response | None:
     header = gateway.config.auth.user_header
     user = request.headers.get(header, "").strip()[:64] if header else ""
     if not gateway.keys:
-        request[IDENTITY] = Identity(user, admin=True) if user else ANONYMOUS
+        request[IDENTITY] = unkeyed_caller(user)
         return None
     if request.method == "OPTIONS" or (request.method, request.path) in _OPEN:
         return None
@@ -264,9 +233,7 @@ def _auth_guard(request: web.Request) -> web.Response | None:
         return api_error(
             request, 403, f"{request.method} {request.path} needs an admin key", "forbidden", {}
         )
-    if user:
-        who = Identity(f"{who.name}/{user}", admin=who.admin, priority=who.priority)
-    request[IDENTITY] = who
+    request[IDENTITY] = as_user(who, user)
     return None
 
 

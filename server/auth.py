@@ -13,6 +13,7 @@ start on a non-loopback address unless `[auth].allow_anonymous` says that is mea
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -108,6 +109,36 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+# Asked for every request's Host header: the answers are kept (a handful of names in practice).
+_is_loopback_host = functools.lru_cache(maxsize=256)(is_loopback)
+
+
+def host_allowed(bound: str, host_header: str) -> bool:
+    """The Host guard (DNS-rebinding protection, as Ollama's CVE-2024-28224 fix): while bound
+    to loopback, only requests addressed to localhost or a loopback IP (or without a Host)."""
+    if not host_header or not _is_loopback_host(bound):
+        return True
+    return _is_loopback_host(_host_name(host_header).lower())
+
+
+def _host_name(host_header: str) -> str:
+    if host_header.startswith("["):  # [::1]:8080
+        return host_header[1:].split("]", 1)[0]
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def unkeyed_caller(user: str) -> Identity:
+    """Who calls when no keys are set: the trusted user header's name, else anonymous."""
+    return Identity(user, admin=True) if user else ANONYMOUS
+
+
+def as_user(who: Identity, user: str) -> Identity:
+    """A key's identity with the user a trusted header names behind it (for fair turns)."""
+    if not user:
+        return who
+    return Identity(f"{who.name}/{user}", admin=who.admin, priority=who.priority)
 
 
 class Exposed(OSError):

@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from server.chat_request import ChatRequest
+from server.chat_request import ChatRequest, new_request_id
 from server.config import Config
 from server.gateway import Gateway
 from server.keys import CHAT_INFO
@@ -101,23 +101,23 @@ class FastHits:
         known: Known,
         user: str,
         rid: str,
-        build: Build,
-        values: tuple[bytes, ...],
+        recipe: Recipe,
+        started_ns: int,
     ) -> tuple[bytes, dict[str, int]] | None:
         """The hit's body and stats, or None (nothing counted) when RAM no longer holds the
-        entry. `build(model, entry)` gives the protocol's answer with `hole(i)` where the i-th
-        of `values` (JSON-encoded) goes; it runs once per cache entry, not per request."""
+        entry. The recipe's `build(model, entry)` gives the protocol's answer with `hole(i)`
+        where the i-th of its values goes; it runs once per cache entry, not per request."""
         entry = gateway.known_hit(known.key, user)  # may raise TooManyRequests
         if entry is None:
             return None
         parts = known.parts
         if known.entry is not entry:
-            encoded = orjson.dumps(build(known.model, entry))
+            encoded = orjson.dumps(recipe.build(known.model, entry))
             parts = _split(encoded)
             kept = len(encoded) <= MAX_KEPT
             known.parts, known.entry = (parts, entry) if kept else ([], None)
         out = [parts[0]]
-        for value, part in zip(values, parts[1:], strict=True):
+        for value, part in zip(recipe.values(rid, started_ns), parts[1:], strict=True):
             out.append(value)
             out.append(part)
         stats = gateway.count_known_hit(rid, known.model, known.endpoint, user, entry)
@@ -129,21 +129,37 @@ class FastHits:
         gateway: Gateway,
         known: Known,
         user: str,
-        rid: str,
-        build: Build,
-        values: tuple[bytes, ...],
-        headers: dict[str, str],
+        recipe: Recipe,
+        started_ns: int,
     ) -> web.Response | None:
-        """`answer()` as the response, with `headers` beside Content-Type and X-Cache; the
-        access-log details are set on the request first, so a 429 is logged with its id too."""
+        """`answer()` as the response; the access-log details are set on the request first,
+        so a 429 is logged with its id too."""
+        rid = new_request_id()
         info: dict[str, Any] = {"request_id": rid, "model": known.model}
         request[CHAT_INFO] = info
-        found = self.answer(gateway, known, user, rid, build, values)
+        found = self.answer(gateway, known, user, rid, recipe, started_ns)
         if found is None:
             return None
         encoded, stats = found
         info.update(stats, cached=True)
-        return response(encoded, {"Content-Type": JSON, "X-Cache": "HIT", **headers})
+        headers = {"Content-Type": JSON, "X-Cache": "HIT"}
+        if recipe.id_header:
+            headers["X-Request-Id"] = rid
+        return response(encoded, headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Recipe:
+    """How one endpoint answers a hit from the memo: its name in the memo's keys (and
+    whether the `Accept` header is part of them), how its answer is built with holes, the
+    values for those holes per request (from the request id and when the request started,
+    `time.perf_counter_ns()`), and whether the request id is also sent as `X-Request-Id`."""
+
+    name: str
+    build: Build
+    values: Callable[[str, int], tuple[bytes, ...]]
+    id_header: bool
+    keyed_on_accept: bool = False
 
 
 def _split(encoded: bytes) -> list[bytes]:

@@ -219,11 +219,30 @@ class LineRecord(logging.LogRecord):
         self.per_request = True
 
 
-def log_line(logger: logging.Logger, message: str) -> None:
-    """`logger.info(message, extra=PER_REQUEST)`, through LineRecord: the same handlers,
-    filters and format, at less cost."""
-    if logger.isEnabledFor(logging.INFO):
-        logger.handle(LineRecord(logger.name, message))
+_HTTP_LOG = logging.getLogger("chatbot.http")
+
+
+def log_chat(method: str, path: str, status: int, chat_info: dict[str, Any], ms: float) -> None:
+    """The access-log line of a chat request: what a person debugging a slow or failed answer
+    needs. A client that disconnected is logged with status 499 (nginx's "client closed
+    request"), a stream a restart or stop ended with 503 and `error=server_restart` or
+    `error=shutdown`. Written as `logger.info(line)` would be, through LineRecord: the same
+    handlers, filters and format, at less cost."""
+    if not _HTTP_LOG.isEnabledFor(logging.INFO):
+        return
+    ttft = chat_info.get("ttft_ms")
+    _HTTP_LOG.handle(
+        LineRecord(
+            _HTTP_LOG.name,
+            f"{method} {path} {status} id={chat_info.get('request_id')} "
+            f"model={chat_info.get('model')} cache={'hit' if chat_info.get('cached') else 'miss'} "
+            # No first token: no time to it.
+            f"ttft={'-' if ttft is None else f'{ttft}ms'} "
+            f"total={chat_info.get('total_ms', round(ms))}ms "
+            f"tokens={chat_info.get('eval_count', 0)}"
+            f"{' error=' + str(chat_info['error']) if 'error' in chat_info else ''}",
+        )
+    )
 
 
 # How long a batch of lines may wait before it is written (BatchedStreamHandler).

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from typing import Any
 
 from aiohttp import web
 
 from server import fast_hits
-from server.chat_request import ChatRequest, new_request_id, parse_chat_request
+from server.chat_request import ChatRequest, parse_chat_request
 from server.errors import BadRequest, GatewayError
 from server.fast_hits import FAST_HITS
 from server.gateway import Gateway
@@ -48,6 +49,7 @@ def sse_frame(payload: dict[str, Any]) -> bytes:
 
 @routes.post("/api/chat-optimized")
 async def chat_optimized(request: web.Request) -> web.StreamResponse:
+    started_ns = time.perf_counter_ns()
     gateway = request.app[GATEWAY]
     raw = await read_body(request)
     accept = request.headers.get("Accept")
@@ -56,12 +58,10 @@ async def chat_optimized(request: web.Request) -> web.StreamResponse:
     memo = None
     info: dict[str, Any]
     if cache_control is None:  # no-cache and no-store go the whole way
-        memo = ("chat-optimized", accept, caller(request).name, raw)
+        memo = (HIT_RECIPE.name, accept, caller(request).name, raw)
         known = hits.find(gateway, memo)
         if known is not None:
-            rid = new_request_id()
-            values = (fast_hits.text(rid),)
-            reply = hits.reply(request, gateway, known, memo[2], rid, _whole_hit, values, {})
+            reply = hits.reply(request, gateway, known, memo[2], HIT_RECIPE, started_ns)
             if reply is not None:
                 return reply
     body = parse_json(raw)
@@ -98,6 +98,17 @@ def _whole_hit(model: str, entry: CachedAnswer) -> dict[str, Any]:
         "model": model,
         "stats": fast_hits.hit_done(model, entry).stats,
     }
+
+
+# A hit from the memo (server/fast_hits.py; also answered on the wire, server/fast_wire.py).
+HIT_RECIPE = fast_hits.Recipe(
+    "chat-optimized",
+    _whole_hit,
+    lambda rid, started_ns: (fast_hits.text(rid),),
+    id_header=False,
+    keyed_on_accept=True,
+)
+HIT_RECIPES = {"/api/chat-optimized": HIT_RECIPE}
 
 
 async def _stream(

@@ -278,7 +278,17 @@ def _whole_hit(kind: str) -> fast_hits.Build:
     return build
 
 
-_WHOLE_HITS = {"chat": _whole_hit("chat"), "generate": _whole_hit("generate")}
+def _hit_values(rid: str, started_ns: int) -> tuple[bytes, ...]:
+    elapsed = fast_hits.number(max(1, time.perf_counter_ns() - started_ns))
+    return fast_hits.text(created_at()), elapsed, elapsed
+
+
+# Hits from the memo (server/fast_hits.py; also answered on the wire, server/fast_wire.py).
+_HIT_RECIPES = {
+    kind: fast_hits.Recipe(kind, _whole_hit(kind), _hit_values, id_header=True)
+    for kind in ("chat", "generate")
+}
+HIT_RECIPES = {f"/api/{kind}": recipe for kind, recipe in _HIT_RECIPES.items()}
 
 
 class TextLines:
@@ -333,15 +343,11 @@ async def _generate(request: web.Request, kind: str) -> web.StreamResponse:
     memo = None
     info: dict[str, Any]
     if "X-Request-Id" not in request.headers:  # an id of its own: the whole way, every time
-        memo = (kind, None, caller(request).name, raw)
+        recipe = _HIT_RECIPES[kind]
+        memo = (recipe.name, None, caller(request).name, raw)
         known = hits.find(gateway, memo)
         if known is not None:
-            rid = new_request_id()
-            elapsed = fast_hits.number(max(1, time.perf_counter_ns() - started_ns))
-            values = (fast_hits.text(created_at()), elapsed, elapsed)
-            build = _WHOLE_HITS[kind]
-            headers = {"X-Request-Id": rid}
-            reply = hits.reply(request, gateway, known, memo[2], rid, build, values, headers)
+            reply = hits.reply(request, gateway, known, memo[2], recipe, started_ns)
             if reply is not None:
                 return reply
     body = parse_json(raw)

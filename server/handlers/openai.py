@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from server import fast_hits
-from server.chat_request import RANDOM, ChatRequest, new_request_id
+from server.chat_request import RANDOM, ChatRequest
 from server.errors import BadRequest, GatewayError, NotFound
 from server.fast_hits import FAST_HITS
 from server.gateway import Gateway
@@ -418,7 +418,23 @@ def _text_hit(model: str, entry: CachedAnswer) -> dict[str, Any]:
     return answer
 
 
-_WHOLE_HITS = {"chat": _chat_hit, "generate": _text_hit}
+def _hit_values(prefix: str) -> Callable[[str, int], tuple[bytes, ...]]:
+    return lambda rid, started_ns: (fast_hits.text(_completion_id(prefix)), fast_hits.now_s())
+
+
+# Hits from the memo (server/fast_hits.py; also answered on the wire, server/fast_wire.py).
+_HIT_RECIPES = {
+    "openai-chat": fast_hits.Recipe(
+        "openai-chat", _chat_hit, _hit_values("chatcmpl"), id_header=True
+    ),
+    "openai-completions": fast_hits.Recipe(
+        "openai-completions", _text_hit, _hit_values("cmpl"), id_header=True
+    ),
+}
+HIT_RECIPES = {
+    "/v1/chat/completions": _HIT_RECIPES["openai-chat"],
+    "/v1/completions": _HIT_RECIPES["openai-completions"],
+}
 
 
 def _event(obj: Any) -> bytes:
@@ -441,21 +457,18 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _complete(request: web.Request, kind: str, endpoint: str) -> web.StreamResponse:
+    started_ns = time.perf_counter_ns()
     gateway = request.app[GATEWAY]
     raw = await read_body(request)
     hits = request.app[FAST_HITS]
     memo = None
     info: dict[str, Any]
     if "X-Request-Id" not in request.headers:  # an id of its own: the whole way, every time
-        memo = (endpoint, None, caller(request).name, raw)
+        recipe = _HIT_RECIPES[endpoint]
+        memo = (recipe.name, None, caller(request).name, raw)
         known = hits.find(gateway, memo)
         if known is not None:
-            rid = new_request_id()
-            prefix = "chatcmpl" if kind == "chat" else "cmpl"
-            values = (fast_hits.text(_completion_id(prefix)), fast_hits.now_s())
-            build = _WHOLE_HITS[kind]
-            headers = {"X-Request-Id": rid}
-            reply = hits.reply(request, gateway, known, memo[2], rid, build, values, headers)
+            reply = hits.reply(request, gateway, known, memo[2], recipe, started_ns)
             if reply is not None:
                 return reply
     body = parse_json(raw)
