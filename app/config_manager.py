@@ -21,7 +21,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import tomlkit
 from PySide6.QtCore import QFileSystemWatcher, QObject, QTimer, Signal
 
 from app.controller import Controller
@@ -68,23 +67,6 @@ def plain(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [v.to_dict() if isinstance(v, HostSpec) else v for v in value]
     return value
-
-
-def hosts_toml(value: Any) -> Any:
-    """`[ollama].hosts` as the file writes it: `[[ollama.hosts]]` tables (tomlkit puts them after
-    the section's other keys) with a blank line before the next section, or `hosts = []`. The
-    running config's HostSpecs become plain tables, which also makes an unchanged list compare
-    equal to the file's, so it is not rewritten."""
-    tables = plain(value)
-    if not tables:
-        return []
-    aot = tomlkit.aot()
-    for entry in tables:
-        table = tomlkit.table()
-        table.update(entry)
-        aot.append(table)
-    aot[-1].add(tomlkit.nl())  # a blank line before the next section
-    return aot
 
 
 def pinned_keys(env: dict[str, str], overrides: Values) -> dict[tuple[str, str], str]:
@@ -220,8 +202,6 @@ class ConfigManager(QObject):
             for k, v in values.items()
             if not (k in pinned and plain(v) == plain(running.get(k)))
         }
-        if HOSTS_KEY in values:
-            values[HOSTS_KEY] = hosts_toml(values[HOSTS_KEY])
         try:
             in_file = await asyncio.to_thread(
                 config_file.save, self.path, values, replace_broken=replace_broken

@@ -368,6 +368,66 @@ def test_a_file_with_hosts_is_shown_clean_and_not_rewritten(
     assert app.path.read_text() == before.replace("ttl_seconds = 3600", "ttl_seconds = 700")
 
 
+def test_editing_the_hosts_on_the_page_keeps_the_files_comments(
+    start_from_file, qtbot: QtBot, sim_url: str, second_sim: str
+) -> None:
+    first = (
+        "# The two boxes under the desk.\n"
+        "[[ollama.hosts]]  # the old one\n"
+        "# 8 GB of VRAM\n"
+        f'url = "{sim_url}"\n'
+        "max_concurrent = 1  # more and it swaps\n"
+    )
+    second = (
+        "\n# The new box.\n"
+        "[[ollama.hosts]]\n"
+        f'url = "{second_sim}"  # on the 10G switch\n'
+        'models = ["qwen2.5:7b"]  # the only one that fits\n'
+    )
+    app = start_from_file(user_file("http://localhost:1", first + second))
+    page, before = app.page, app.path.read_text()
+    editor = hosts_editor(page)
+
+    def save() -> str:
+        assert page.status_text() == ""  # the edit cleared the last "Saved."
+        page.save_button.click()
+        qtbot.waitUntil(lambda: page.status_text().startswith("Saved."), timeout=5000)
+        return app.path.read_text()
+
+    # One field of one host: that line changes, its comment and every other line stay.
+    type_cell(qtbot, editor, 1, "max_concurrent", "3")
+    second = second.replace("models =", "max_concurrent = 3\nmodels =")
+    assert save() == before.replace(
+        first + second.replace("max_concurrent = 3\n", ""), first + second
+    )
+    # The first host removed: its table goes, the comment above the list and the second
+    # host's own stay.
+    editor.table.selectRow(0)
+    qtbot.mouseClick(editor.remove_button, Qt.MouseButton.LeftButton)
+    text = save()
+    assert text == before.replace(
+        first + second.replace("max_concurrent = 3\n", ""),
+        "# The two boxes under the desk.\n" + second,
+    )
+    # A host added: a table of its own after the others, which keep their comments.
+    row = add_row(qtbot, editor)
+    type_cell(qtbot, editor, row, "url", sim_url)
+    type_cell(qtbot, editor, row, "weight", "2")
+    added = f'\n[[ollama.hosts]]\nurl = "{sim_url}"\nweight = 2.0\n'
+    assert save() == text.replace(second, second + added)
+    assert "Applied without a restart: [ollama].hosts." in page.status_text()
+    assert "Restarting" not in page.status_text()
+    assert load(app.path, env={}).ollama.hosts == (
+        HostSpec(second_sim, 3, 1.0, ("qwen2.5:7b",)),
+        HostSpec(sim_url, None, 2.0),
+    )
+    hosts = app.companion.controller.gateway.hosts.hosts
+    assert [(h.url, h.max_concurrent, h.weight) for h in hosts] == [
+        (second_sim, 3, 1.0),
+        (sim_url, 1, 2.0),
+    ]
+
+
 def test_an_api_url_from_the_command_line_marks_the_hosts_as_set_aside(
     start_app, qtbot: QtBot, sim_url: str
 ) -> None:

@@ -9,6 +9,7 @@ import stat
 import pytest
 
 from server import config as cfg
+from server.config import HostSpec
 from server.config_file import BrokenConfigFile, ConfigWriteError, render, save
 from tests.conftest import ROOT
 
@@ -131,3 +132,140 @@ def test_a_new_file_gets_the_umasks_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+# -- [[ollama.hosts]]: edited table by table ---------------------------------------------------
+
+GPU1, GPU2, GPU3 = "http://gpu1:11434", "http://gpu2:11434", "http://gpu3:11434"
+HOSTS_FILE = f"""\
+[ollama]
+model = "llama3.2"
+
+# The boxes under the desk (before the list).
+[[ollama.hosts]]  # the old one
+# 24 GB of VRAM
+url = "{GPU1}"
+max_concurrent = 2  # more and it swaps
+weight = 1.0
+# keep this one in mind
+
+# The new box.
+[[ollama.hosts]]
+url = "{GPU2}"  # on the 10G switch
+models = [
+    "qwen2.5:7b",  # the only one that fits
+]
+
+# Caching (after the list).
+[cache]
+max_size_mb = 512
+"""
+# The first table and the comment above the list; the second table with its heading; what
+# follows the list.
+BEFORE = '[ollama]\nmodel = "llama3.2"\n\n# The boxes under the desk (before the list).\n'
+FIRST = HOSTS_FILE[
+    HOSTS_FILE.index("[[ollama.hosts]]  # the old one") : HOSTS_FILE.index("\n# The new")
+]
+SECOND = HOSTS_FILE[HOSTS_FILE.index("# The new box.") : HOSTS_FILE.index("\n# Caching")]
+AFTER = "\n# Caching (after the list).\n[cache]\nmax_size_mb = 512\n"
+GPU1_TABLE = {"url": GPU1, "max_concurrent": 2}
+GPU2_TABLE = {"url": GPU2, "models": ["qwen2.5:7b"]}
+
+
+def save_hosts(tmp_path, hosts: list[dict]) -> tuple[str, cfg.Config]:
+    path = tmp_path / "config.toml"
+    path.write_text(HOSTS_FILE)
+    conf = save(path, {("ollama", "hosts"): hosts})
+    assert cfg.load(path, env={}) == conf
+    return path.read_text(), conf
+
+
+def test_changing_one_hosts_field_keeps_every_comment(tmp_path):
+    text, conf = save_hosts(tmp_path, [{**GPU1_TABLE, "max_concurrent": 3}, GPU2_TABLE])
+    assert text == HOSTS_FILE.replace("max_concurrent = 2  #", "max_concurrent = 3  #")
+    assert conf.ollama.hosts == (HostSpec(GPU1, 3), HostSpec(GPU2, models=("qwen2.5:7b",)))
+
+
+def test_a_field_cleared_goes_and_one_set_is_added_to_that_table(tmp_path):
+    text, conf = save_hosts(tmp_path, [{"url": GPU1, "weight": 2.5}, GPU2_TABLE])
+    first = FIRST.replace("max_concurrent = 2  # more and it swaps\n", "").replace(
+        "weight = 1.0", "weight = 2.5"
+    )
+    assert text == BEFORE + first + "\n" + SECOND + AFTER
+    assert conf.ollama.hosts[0] == HostSpec(GPU1, None, 2.5)
+
+
+def test_a_new_field_goes_in_the_usual_order(tmp_path):
+    text, conf = save_hosts(tmp_path, [GPU1_TABLE, {**GPU2_TABLE, "weight": 3.0}])
+    assert text == HOSTS_FILE.replace("models = [", "weight = 3.0\nmodels = [")
+    assert conf.ollama.hosts[1] == HostSpec(GPU2, None, 3.0, ("qwen2.5:7b",))
+
+
+def test_adding_a_host_appends_a_table_and_keeps_the_others(tmp_path):
+    text, conf = save_hosts(
+        tmp_path, [GPU1_TABLE, GPU2_TABLE, {"url": GPU3, "max_concurrent": 1, "weight": 0.5}]
+    )
+    third = f'[[ollama.hosts]]\nurl = "{GPU3}"\nmax_concurrent = 1\nweight = 0.5\n'
+    assert text == BEFORE + FIRST + "\n" + SECOND + "\n" + third + AFTER
+    assert [h.url for h in conf.ollama.hosts] == [GPU1, GPU2, GPU3]
+
+
+def test_removing_the_first_host_keeps_the_second_with_its_heading(tmp_path):
+    text, conf = save_hosts(tmp_path, [GPU2_TABLE])
+    assert text == BEFORE + "\n" + SECOND + AFTER
+    assert conf.ollama.hosts == (HostSpec(GPU2, models=("qwen2.5:7b",)),)
+
+
+def test_removing_the_last_host_keeps_what_follows_the_list(tmp_path):
+    text, conf = save_hosts(tmp_path, [GPU1_TABLE])
+    assert text == BEFORE + FIRST + AFTER
+    assert conf.ollama.hosts == (HostSpec(GPU1, 2),)
+
+
+def test_reordered_hosts_move_with_their_comments(tmp_path):
+    text, conf = save_hosts(tmp_path, [GPU2_TABLE, GPU1_TABLE])
+    assert text == BEFORE + "\n" + SECOND + "\n" + FIRST + AFTER
+    assert [h.url for h in conf.ollama.hosts] == [GPU2, GPU1]
+
+
+def test_an_edited_url_is_the_same_table(tmp_path):
+    text, _ = save_hosts(tmp_path, [GPU1_TABLE, {**GPU2_TABLE, "url": GPU3}])
+    assert text == HOSTS_FILE.replace(f'url = "{GPU2}"  #', f'url = "{GPU3}"  #')
+
+
+def test_removing_every_host_leaves_an_empty_list_between_the_comments(tmp_path):
+    text, conf = save_hosts(tmp_path, [])
+    assert text == BEFORE + "hosts = []\n" + AFTER
+    assert conf.ollama.hosts == ()
+
+
+def test_the_same_hosts_spelled_otherwise_leave_the_file_alone(tmp_path):
+    # A trailing slash, a default left out, HostSpecs as the running config holds them.
+    text, _ = save_hosts(tmp_path, [{**GPU1_TABLE, "url": GPU1 + "/"}, GPU2_TABLE])
+    assert text == HOSTS_FILE
+    text, _ = save_hosts(tmp_path, [HostSpec(GPU1, 2), HostSpec(GPU2, models=("qwen2.5:7b",))])
+    assert text == HOSTS_FILE
+
+
+def test_hosts_in_the_shipped_file_become_tables_and_back(tmp_path):
+    path = tmp_path / "config.toml"
+    shipped = (ROOT / "config.toml").read_text()
+    path.write_text(shipped)
+    save(path, {("ollama", "hosts"): [GPU1_TABLE, {"url": GPU2}]})
+    text = path.read_text()
+    assert (
+        f'# models = ["llama3.2", "nomic-embed-text"]\n\n[[ollama.hosts]]\nurl = "{GPU1}"' in text
+    )
+    assert f'[[ollama.hosts]]\nurl = "{GPU2}"\n\n[cache]\n' in text
+    # A comment written into the tables since survives the next edit.
+    path.write_text(text.replace(f'url = "{GPU2}"\n', f'url = "{GPU2}"  # borrowed\n'))
+    conf = save(path, {("ollama", "hosts"): [GPU1_TABLE, {"url": GPU2, "max_concurrent": 4}]})
+    assert f'url = "{GPU2}"  # borrowed\nmax_concurrent = 4\n\n[cache]\n' in path.read_text()
+    assert conf.ollama.hosts[1] == HostSpec(GPU2, 4)
+    save(path, {("ollama", "hosts"): []})
+    text = path.read_text()
+    assert "\n[[ollama.hosts]]" not in text and "\nhosts = []\n" in text
+    assert cfg.load(path, env={}).ollama.hosts == ()
+    for line in shipped.splitlines():
+        if line.startswith("# "):
+            assert line in text  # the example and every help comment stay
