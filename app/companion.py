@@ -105,6 +105,7 @@ class Companion:
         manager.connection_result.connect(page.show_connection_result)
         manager.models.connect(page.set_models)
         page.save_requested.connect(manager.save)
+        page.dirty_changed.connect(manager.form_edited)
         page.replace_requested.connect(lambda values: manager.save(values, replace_broken=True))
         page.test_connection_requested.connect(manager.test_connection)
         page.open_file_requested.connect(manager.open_file)

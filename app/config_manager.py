@@ -2,10 +2,11 @@
 
 What can change at run time is applied through the Gateway at once (cache size, TTL and switch,
 queue limits, batch settings, CORS origins, model, system prompt, Ollama URL, hosts and timeouts,
-log level); a new host or port restarts the server, after saying so. An edit made in an editor while
-the app runs is picked up: applied when valid, reported (first the key, value and reason) when
-not, and the last good configuration keeps running. Nothing here blocks the loop: file reads and
-writes run in a worker thread.
+log level); a new host or port restarts the server, after saying so, and when the controller
+reports the restart over (restart_ended) the status line says how it went. An edit made in an
+editor while the app runs is picked up: applied when valid, reported (first the key, value and
+reason) when not, and the last good configuration keeps running. Nothing here blocks the loop:
+file reads and writes run in a worker thread.
 
 At start-up a file with a bad value is not thrown away: the app runs on the file's other values
 (defaults stand in for the bad ones, which the Settings page marks), and a Save writes only what
@@ -145,6 +146,8 @@ class ConfigManager(QObject):
         self._last_text: str | None = None
         self._loaded: Loaded | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # The status line's text before "Restarting the server…", while that restart runs.
+        self._restart_news: str | None = None
         self._watcher = QFileSystemWatcher(self)
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
@@ -173,6 +176,7 @@ class ConfigManager(QObject):
     def attach(self, controller: Controller, loaded: Loaded | None = None) -> None:
         """Start watching the file and tell the Settings page what runs and what is wrong."""
         self.controller = controller
+        controller.restart_ended.connect(self._restart_over)
         self._watcher.addPath(str(self.path.parent))
         if self.path.exists():
             self._watcher.addPath(str(self.path))
@@ -211,17 +215,17 @@ class ConfigManager(QObject):
             loaded = load_lenient(self.path, env=desktop_env(), overrides=self.overrides)
         except config_file.BrokenConfigFile as exc:
             log.warning("config not saved: %s is not valid TOML (%s)", exc.path, exc.reason)
-            self.status.emit(f"Not saved: {exc.path} was left as it is.", "error")
+            self._say(f"Not saved: {exc.path} was left as it is.", "error")
             self.confirm_replace.emit(
                 f"{exc.path}: {exc.reason}.\nOpen it in the editor to fix it, or replace it with "
                 f"the settings shown here (its text is kept as {exc.path.name}.bak)."
             )
             return
         except ConfigError as exc:
-            self.status.emit(f"Not saved: {exc.problems[0]}", "error")
+            self._say(f"Not saved: {exc.problems[0]}", "error")
             return
         except OSError as exc:
-            self.status.emit(f"Could not save: {exc.strerror or exc}", "error")
+            self._say(f"Could not save: {exc.strerror or exc}", "error")
             return
         new = loaded.config
         self._loaded = loaded
@@ -238,7 +242,7 @@ class ConfigManager(QObject):
         ]
         if kept:
             # PORT=… in the environment or --port on the command line beat the file.
-            self.status.emit(
+            self._say(
                 f"Saved. These are set outside the file and keep their values: {', '.join(kept)}.",
                 "info",
             )
@@ -290,17 +294,46 @@ class ConfigManager(QObject):
         live = [k for k in changed if k not in restart]
         parts = [f"{verb}."]
         parts.append(f"Applied without a restart: {', '.join(live)}." if live else "")
+        if not changed:
+            parts.append("Nothing changed.")
+        said = " ".join(p for p in parts if p)
+        log.info("config %s: %s", verb.lower(), ", ".join(changed) or "no change")
         if restart:
-            parts.append(
-                f"Restarting the server for {', '.join(restart)} "
-                f"(now {new.server.host}:{new.server.port})…"
+            # When the restart is over, the line says how it went instead (_restart_over).
+            self._say(
+                f"{said} Restarting the server for {', '.join(restart)} "
+                f"(now {new.server.host}:{new.server.port})…",
+                "ok",
+                restart_news=said,
             )
             controller.restart_server()
-        elif not changed:
-            parts.append("Nothing changed.")
-        log.info("config %s: %s", verb.lower(), ", ".join(changed) or "no change")
-        self.status.emit(" ".join(p for p in parts if p), "ok")
+        else:
+            self._say(said, "ok")
         self._spawn(self.refresh_models())
+
+    def _restart_over(self, ok: bool, detail: str) -> None:
+        """A restart ended (the controller's restart_ended): if the status line still speaks of
+        the one a save started, it now says how it went."""
+        news, self._restart_news = self._restart_news, None
+        if news is None:
+            return  # a restart from the tray or the dashboard; or the line has moved on
+        if ok:
+            self._say(f"{news} Server restarted. Serving on {detail}.", "ok")
+        else:
+            self._say(f"{news} The restart failed: {detail}", "error")
+
+    def form_edited(self, dirty: bool) -> None:
+        """The Settings form was edited after a save (its dirty_changed): the page cleared its
+        "Saved…" line, and the restart's outcome is no longer news for it."""
+        if dirty:
+            self._restart_news = None
+
+    def _say(self, text: str, kind: str, *, restart_news: str | None = None) -> None:
+        """The status line; what it said before is old news, a restart's outcome included.
+        `restart_news`: the text the restart's outcome goes after, once it ends."""
+        # Set before the signal: an edit that clears the line while it is shown forgets it.
+        self._restart_news = restart_news
+        self.status.emit(text, kind)
 
     def _publish(self, config: Config) -> None:
         self.form_values.emit(values_of(config))
@@ -327,7 +360,7 @@ class ConfigManager(QObject):
             # The problems box says it all (title and every error): the status line repeating
             # its first error made two red banners with one text. Whatever the line said (the
             # last "Saved") is older news than this edit.
-            self.status.emit("", "info")
+            self._say("", "info")
             if self.controller is not None:
                 self.controller.notify.emit("Config file has errors", loaded.problems[0])
             return

@@ -57,6 +57,8 @@ class Controller(QObject):
     notify = Signal(str, str)  # title, message
     log_line = Signal(str)  # one or more log lines, newline-separated, a few times a second
     quitting = Signal(int)  # answers still streaming while Quit waits for them; 0 when done
+    # A restart is over: (True, the API URL it serves on) or (False, why it failed).
+    restart_ended = Signal(bool, str)
 
     def __init__(
         self,
@@ -220,7 +222,15 @@ class Controller(QObject):
 
     async def _restart(self, config: Config | None) -> None:
         self._set_state("starting", "Restarting: finishing answers in progress…")
-        await self._bring_up(self.host.restart(config), "restart")
+        try:
+            await self._bring_up(self.host.restart(config), "restart")
+        except Exception as exc:  # a bug must not leave "Restarting…" standing for good
+            log.exception("the restart failed")
+            self._set_state("failed", f"The server could not restart: {exc}")
+        if self.state == "failed":
+            self.restart_ended.emit(False, self.message)
+        else:
+            self.restart_ended.emit(True, self.api_url)
 
     @property
     def api_url(self) -> str:

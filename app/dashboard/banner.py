@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QFont, QPainter, QPaintEvent, QPalette
@@ -20,23 +19,6 @@ STATE_LABELS: dict[str, str] = {
     "stopped": "Stopped",
     "failed": "Failed",
 }
-
-
-# The Settings page's "Restarting the server for [server].port (now host:port)…" after a save
-# (app/config_manager.py): news that is over once the server has left "starting".
-_RESTARTING = re.compile(r"Restarting the server for .*?…")
-
-
-def restart_news_over(status: str, state: str, message: str) -> str | None:
-    """The status line to show instead of `status` once a restart has ended in `state` with
-    the banner's `message`; None when `status` does not speak of a restart in progress."""
-    if not _RESTARTING.search(status):
-        return None
-    if state == "failed":
-        outcome = f"The restart failed: {message}"
-    else:
-        outcome = f"Server restarted. {message}."
-    return _RESTARTING.sub(outcome, status)
 
 
 class StateBanner(QWidget):

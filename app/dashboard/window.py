@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.dashboard import formatting as fmt
-from app.dashboard.banner import StateBanner, restart_news_over
+from app.dashboard.banner import StateBanner
 from app.dashboard.breakdown import Breakdown
 from app.dashboard.charts import ChartPanel
 from app.dashboard.colors import BAD, GOOD, text_tone
@@ -287,13 +287,7 @@ class DashboardWindow(QMainWindow):
         self._render_status(snap, queue, ollama)
 
     def set_state(self, state: str, message: str) -> None:
-        was_starting = self.banner.state() == "starting"
         self.banner.set_state(state, message)
-        if was_starting and state != "starting":
-            # A "Restarting the server…" left by a save is over now: say how it ended.
-            status = restart_news_over(self.settings.status_text(), state, message)
-            if status is not None:
-                self.settings.set_status(status, "error" if state == "failed" else "ok")
         self.flush_button.setEnabled(state in FLUSHABLE_STATES)
         self.restart_button.setEnabled(state != "starting")
 

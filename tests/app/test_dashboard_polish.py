@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import socket
 from collections.abc import Iterator
 from itertools import pairwise
 
@@ -16,6 +17,7 @@ from PySide6.QtGui import QColor, QPalette
 from pytestqt.qtbot import QtBot
 
 from app.chart_history import COARSE_MAX, FINE_MAX, ChartHistory
+from app.config_manager import values_of
 from app.controller import Controller
 from app.dashboard import DashboardWindow
 from app.dashboard.colors import CHART_CONTRAST, contrast_ratio
@@ -241,38 +243,78 @@ def test_the_restart_message_clears_when_the_restart_is_over(start_app, qtbot: Q
     old_port, new_port = free_port(), free_port()
     app = start_app(port=None, server__port=old_port)
     page = app.companion.dashboard.settings
-    states: list[str] = []
-    app.controller.state_changed.connect(lambda s, _m: states.append(s))
     told: list[str] = []
     app.companion.config_manager.status.connect(lambda text, _kind: told.append(text))
-    save(app, qtbot, server__port=new_port)
-    assert any("Restarting the server" in t for t in told)  # while it restarts: true news
-    qtbot.waitUntil(lambda: states[-2:] == ["starting", "serving"], timeout=10_000)
+    with qtbot.waitSignal(app.controller.restart_ended, timeout=10_000) as ended:
+        save(app, qtbot, server__port=new_port)
+        assert told[-1].endswith(
+            f"Restarting the server for [server].port (now 127.0.0.1:{new_port})…"
+        )
+    assert ended.args == [True, f"http://localhost:{new_port}"]
+    assert app.controller.state == "serving"
     status = page.status_text()
     assert "Restarting" not in status
-    assert f"Server restarted. Serving on http://localhost:{new_port}." in status
+    assert status.startswith("Saved.")
+    assert status.endswith(f"Server restarted. Serving on http://localhost:{new_port}.")
     assert page.status.kind() == "ok"
 
 
-def test_a_failed_restart_replaces_the_message_with_the_failure(window: DashboardWindow) -> None:
-    window.set_state("serving", "Serving on http://localhost:8080")
-    window.settings.set_status(
-        "Saved. Restarting the server for server.port (now 127.0.0.1:80)…", "ok"
+def test_a_failed_restart_replaces_the_message_with_the_failure(start_app, qtbot: QtBot) -> None:
+    app = start_app(port=None, server__port=free_port())
+    page = app.companion.dashboard.settings
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with qtbot.waitSignal(app.controller.restart_ended, timeout=10_000) as ended:
+            save(app, qtbot, server__port=port)
+    reason = (
+        f"Port {port} is in use by another program. Change [server].port in "
+        f"{app.controller.config_path} (tray menu: Open Config) or set PORT={port + 1}, "
+        "then Restart Server."
     )
-    window.set_state("starting", "Restarting: finishing answers in progress…")
-    assert "Restarting the server" in window.settings.status_text()
-    window.set_state("failed", "Port 80 is in use by another program.")
-    assert window.settings.status_text() == (
-        "Saved. The restart failed: Port 80 is in use by another program."
-    )
-    assert window.settings.status.kind() == "error"
+    assert ended.args == [False, reason]
+    assert app.controller.state == "failed"
+    assert page.status_text() == f"Saved. The restart failed: {reason}"
+    assert page.status.kind() == "error"
 
 
-def test_other_status_lines_are_left_alone(window: DashboardWindow) -> None:
-    window.settings.set_status("Not saved: [queue].max_concurrent must be ≥ 1", "error")
-    window.set_state("starting", "Restarting: finishing answers in progress…")
-    window.set_state("serving", "Serving on http://localhost:8080")
-    assert window.settings.status_text() == "Not saved: [queue].max_concurrent must be ≥ 1"
+def test_a_restart_from_the_dashboard_leaves_the_settings_line_alone(
+    start_app, qtbot: QtBot
+) -> None:
+    app = start_app()
+    dashboard = app.companion.dashboard
+    page = dashboard.settings
+    values = values_of(app.controller.gateway.config)
+    values[("queue", "max_concurrent")] = 0
+    task = app.companion.config_manager.save(values)
+    qtbot.waitUntil(task.done, timeout=5000)
+    not_saved = "Not saved: [queue].max_concurrent = 0: must be a whole number 1..64"
+    assert page.status_text() == not_saved
+    with qtbot.waitSignal(app.controller.restart_ended, timeout=10_000) as ended:
+        qtbot.mouseClick(dashboard.restart_button, Qt.MouseButton.LeftButton)
+    assert ended.args[0] is True
+    assert page.status_text() == not_saved and page.status.kind() == "error"
+
+
+def test_an_edit_made_while_the_server_restarts_is_not_told_it_was_saved(
+    start_app, qtbot: QtBot
+) -> None:
+    app = start_app(port=None, server__port=free_port())
+    page = app.companion.dashboard.settings
+
+    def edit_at_once(text: str, _kind: str) -> None:
+        # Before the restart has run a step: the user edits as soon as the line appears.
+        if "Restarting the server" in text:
+            page.field("cache", "ttl_seconds").setValue(600)
+
+    app.companion.config_manager.status.connect(edit_at_once)
+    with qtbot.waitSignal(app.controller.restart_ended, timeout=10_000) as ended:
+        save(app, qtbot, server__port=free_port())
+    assert ended.args[0] is True
+    # The edit cleared "Saved…", and "Server restarted" would read as if the edit were saved.
+    assert page.status_text() == ""
+    assert page.save_button.isEnabled()
 
 
 # -- keyboard ---------------------------------------------------------------------------------
