@@ -44,9 +44,12 @@ def test_the_desktop_app_keeps_answers_on_disk_and_flush_says_so(start_app, run,
     qtbot.waitUntil(lambda: gateway.cache_tiers()["sqlite"]["entries"] == 0, timeout=5000)
 
 
-def test_a_corrupt_cache_file_shows_on_the_tile_and_the_app_serves(start_app, run, qtbot):
-    cache_file().parent.mkdir(parents=True)
-    cache_file().write_bytes(b"not a database " * 64)
+def test_a_cache_file_that_cannot_be_opened_shows_on_the_tile_and_the_app_serves(
+    start_app, run, qtbot
+):
+    # A corrupt file heals itself (tests/server/test_cache_sqlite_heal.py); a directory where
+    # the file should be leaves the disk tier down until it is fixed.
+    cache_file().mkdir(parents=True)
     app = start_app()
     answer = run(ask(app.url, "still here"))
     assert answer["cached"] is False
@@ -54,4 +57,4 @@ def test_a_corrupt_cache_file_shows_on_the_tile_and_the_app_serves(start_app, ru
     app.controller.tick()
     tile = app.companion.dashboard.tiles["cache"]
     assert tile.sub_text().endswith(" · disk down")
-    assert "not a database" in tile.toolTip()
+    assert "unable to open database file" in tile.toolTip()
