@@ -98,7 +98,7 @@ class _Clear:
 
 
 class _Wake:
-    """Queued by a lookup that found the tier broken, so the writer thread looks at once."""
+    """Queued when the file is found broken, so the writer thread sees to it at once."""
 
 
 _WAKE = _Wake()
