@@ -466,7 +466,8 @@ class Gateway:
                     if record.ttft_ms is None:
                         record.ttft_ms = timer.ms()
                     streamed += 1
-                    yield Content(event.text, event.thinking, event.tool_calls, event.raw)
+                    more = streamed < len(gen.pieces)  # the next piece is there already
+                    yield Content(event.text, event.thinking, event.tool_calls, event.line, more)
             granted = gen.entry.granted_at or listening_since
             record.queue_ms = max(0, round((granted - listening_since) * 1000))
             record.tokens = gen.tokens

@@ -131,15 +131,21 @@ async def _stream(
         # (one send per word was 69 % of a streamed hit's CPU). Each write holds whole frames
         # and stays well below loopback's 64 KiB segments, so the frontend's parser, which
         # splits each read on newlines without buffering, still sees whole lines.
+        # A live client behind the generation (`more`) has several frames at once, too.
         batch = bytearray()
-        limit = REPLAY_WRITE_BYTES if stream.cached else 0
         async with contextlib.aclosing(stream):
             async for event in stream:
                 if isinstance(event, Content):
-                    if not event.text:
-                        continue  # reasoning or tool calls only: this API carries the text
-                    frame = {"content": event.text, "done": False, "request_id": rid}
-                elif isinstance(event, Queued):
+                    if event.text:  # this API carries the text, not reasoning or tool calls
+                        batch += sse_frame(
+                            {"content": event.text, "done": False, "request_id": rid}
+                        )
+                    held = stream.cached or event.more
+                    if batch and not (held and len(batch) < REPLAY_WRITE_BYTES):
+                        await resp.write(bytes(batch))
+                        batch.clear()
+                    continue
+                if isinstance(event, Queued):
                     frame = {
                         "queued": True,
                         "position": event.position,
@@ -158,9 +164,8 @@ async def _stream(
                         "stats": event.stats,
                     }
                 batch += sse_frame(frame)
-                if len(batch) >= limit or not isinstance(event, Content):
-                    await resp.write(bytes(batch))
-                    batch.clear()
+                await resp.write(bytes(batch))
+                batch.clear()
     except ConnectionResetError:
         info["error"] = "disconnected"
         return resp

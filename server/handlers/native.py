@@ -423,7 +423,6 @@ async def _stream(
     if current is not None:
         active.add(current)
     batch = bytearray()
-    limit = REPLAY_WRITE_BYTES if stream.cached else 0
     replay = TextLines(req.kind, req.model)
     try:
         # Nothing is written while the request waits in line: a native stream has no queue
@@ -431,12 +430,18 @@ async def _stream(
         async with contextlib.aclosing(stream):
             async for event in stream:
                 if isinstance(event, Content):
-                    if event.raw is not None:
-                        batch += _line(event.raw)
+                    if event.line is not None:
+                        batch += event.line  # Ollama's line as it came
+                        batch += b"\n"
                     elif event.thinking or event.tool_calls:
                         batch += _line(chunk_of(req.kind, req.model, event))
                     else:
                         batch += replay.line(event.text)
+                    # A replay, or a live client behind the generation, has more at once:
+                    # whole lines in a few large writes rather than one send per line.
+                    held = stream.cached or event.more
+                    if held and len(batch) < REPLAY_WRITE_BYTES:
+                        continue
                 elif isinstance(event, Done):
                     info.update(event.stats, cached=event.cached)
                     if event.hit is not None:
@@ -446,11 +451,10 @@ async def _stream(
                     batch += _line(final)
                 else:
                     continue  # Queued: silence
-                if len(batch) >= limit or isinstance(event, Done):
-                    if not resp.prepared:
-                        await resp.prepare(request)
-                    await resp.write(bytes(batch))
-                    batch.clear()
+                if not resp.prepared:
+                    await resp.prepare(request)
+                await resp.write(bytes(batch))
+                batch.clear()
     except ConnectionResetError:
         info["error"] = "disconnected"
         return resp

@@ -523,9 +523,8 @@ async def _stream(
     calls = 0
     # A replayed hit is all there already: whole frames in a few large writes (one send per
     # frame was 70 % of a streamed hit), as /api/chat-optimized does. A live answer goes out
-    # frame by frame, as generated.
+    # frame by frame, as generated, or several at once when the client is behind (`more`).
     batch = bytearray()
-    limit = REPLAY_WRITE_BYTES if stream.cached else 0
     await resp.prepare(request)
     try:
         async with contextlib.aclosing(stream):
@@ -556,7 +555,8 @@ async def _stream(
                         choice = {"text": event.text, "index": 0, "finish_reason": None}
                     first = False
                     batch += _event({**base, "choices": [choice]})
-                    if len(batch) >= limit:
+                    held = stream.cached or event.more
+                    if not (held and len(batch) < REPLAY_WRITE_BYTES):
                         await resp.write(bytes(batch))
                         batch.clear()
                 elif isinstance(event, Done):

@@ -60,17 +60,63 @@ async def test_lines_split_across_reads_are_reassembled(client_for):
             "eval_count": 2,
         },
     ]
-    body = b"".join(json.dumps(x, ensure_ascii=False).encode() + b"\n" for x in lines)
+    sent = [json.dumps(x, ensure_ascii=False).encode() for x in lines]
+    body = b"".join(line + b"\n" for line in sent)
     # Three-byte pieces split lines and multi-byte characters at every possible place.
     pieces = [body[i : i + 3] for i in range(0, len(body), 3)]
     runner, url = await serve_raw(pieces, delay=0.001)
     try:
         client = await client_for(url)
-        got = [chunk async for chunk in client.chat_stream({"model": "m", "messages": user()})]
+        stream = client.chat_stream({"model": "m", "messages": user()})
+        got = [line async for read in stream for line in read]
     finally:
         await runner.cleanup()
-    assert got == lines
+    assert [chunk for chunk, _ in got] == lines
+    assert [line for _, line in got] == sent  # each line's bytes as they came
     assert client.counters.tokens_generated == 2
+
+
+async def test_a_burst_of_lines_in_one_read_comes_whole_and_in_order(client_for):
+    """Lines that arrive together (with U+2028, NEL and an escaped newline in the text, which
+    are not line ends) come out in one list, in order, each as it was sent; what follows the
+    done line is not part of the answer."""
+    texts = ["a\u2028b", "c\x85d", "e\nf", "</g>&"] + [f"w{i}" for i in range(50)]
+    chunks = [
+        {"model": "m", "message": {"role": "assistant", "content": t}, "done": False} for t in texts
+    ]
+    chunks.append({"model": "m", "message": {"role": "assistant", "content": ""}, "done": True})
+    sent = [json.dumps(x, ensure_ascii=False).encode() for x in chunks]
+    body = b"".join(line + b"\n" for line in sent) + b'{"model":"m","done":false}\n'
+    runner, url = await serve_raw([body])
+    try:
+        client = await client_for(url)
+        stream = client.chat_stream({"model": "m", "messages": user()})
+        reads = [read async for read in stream]
+    finally:
+        await runner.cleanup()
+    got = [line for read in reads for line in read]
+    assert [line for _, line in got] == sent
+    assert [chunk["message"]["content"] for chunk, _ in got[:-1]] == texts
+    assert len(reads) < len(sent)  # the burst came in a few lists, not one per line
+
+
+async def test_an_error_line_after_pieces_in_the_same_read_keeps_the_pieces(client_for):
+    """The pieces before an error line reach the caller before the error (the answer had
+    started: no failover, the error ends it)."""
+    body = (
+        b'{"model":"m","message":{"role":"assistant","content":"Hi"},"done":false}\n'
+        b'{"error":"out of memory"}\n'
+    )
+    runner, url = await serve_raw([body])
+    got: list[bytes] = []
+    try:
+        client = await client_for(url)
+        with pytest.raises(UpstreamError, match="out of memory"):
+            async for read in client.chat_stream({"model": "m", "messages": user()}):
+                got += [line for _, line in read]
+    finally:
+        await runner.cleanup()
+    assert got == [body.split(b"\n")[0]]
 
 
 async def test_stream_cut_before_done_is_an_error(client_for):
