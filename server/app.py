@@ -14,6 +14,7 @@ from server import metrics
 from server.auth import as_user, host_allowed, presented_key, unkeyed_caller
 from server.errors import GatewayError
 from server.fast_hits import FAST_HITS, FastHits
+from server.fast_wire import WIRE_HITS, WireHits
 from server.gateway import SERVER_RESTART, SHUTDOWN, Gateway
 from server.handlers import chat, embed, native, ollama_relay, openai, openapi, queue, stats
 from server.handlers.body import expect_handler
@@ -42,6 +43,9 @@ def create_app(gateway: Gateway) -> web.Application:
     )
     app[GATEWAY] = gateway
     app[FAST_HITS] = FastHits()
+    # Hits for bodies the memo knows, answered before aiohttp parses them (GuardedRunner).
+    recipes = {**chat.HIT_RECIPES, **native.HIT_RECIPES, **openai.HIT_RECIPES}
+    app[WIRE_HITS] = WireHits(gateway, app[FAST_HITS], recipes)
     app[ACTIVE_STREAMS] = set()
     app.on_response_prepare.append(_add_cors_headers)
     for table in (

@@ -51,6 +51,9 @@ FD_HEADROOM = FD_RESERVE + 3 * ACCEPT_BURST + MAX_LINGERING
 REFUSAL_LINGER_SECONDS = 1.0
 RETRY_AFTER_SECONDS = 5
 
+# The raw bytes of a request's start → a whole HTTP response, or None: "go the usual way".
+Wire = Callable[[bytes], bytes | None]
+
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -248,9 +251,12 @@ class ConnectionGuard:
 class GuardedHandler(web.RequestHandler):
     """aiohttp's connection protocol, with the guard's deadlines, cap and JSON errors."""
 
-    def __init__(self, manager: web.Server, *, guard: ConnectionGuard, **kwargs: Any) -> None:
+    def __init__(
+        self, manager: web.Server, *, guard: ConnectionGuard, wire: Wire | None, **kwargs: Any
+    ) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
+        self._wire = wire
         self._phase = Phase.IDLE
         # When the current phase's time runs out (loop time; None: no limit now), and the one
         # timer that checks it. The timer is moved only when the deadline comes earlier than
@@ -279,6 +285,8 @@ class GuardedHandler(web.RequestHandler):
         if self._force_close or self._close:
             return  # aiohttp ignores it too
         if self._phase is Phase.IDLE and data:
+            if self._wire is not None and self._answer_on_wire(data):
+                return
             self._phase = Phase.HEADERS
             self._request_start = data[:64]
             started = True
@@ -294,6 +302,28 @@ class GuardedHandler(web.RequestHandler):
             # Headers incomplete after their first bytes: from now on they have a time limit.
             # (Set only here, so a request that came whole, the usual case, needs no timer.)
             self._set_deadline(self._guard.settings().header_timeout_seconds)
+
+    def _answer_on_wire(self, data: bytes) -> bool:
+        """Whether `data`, the start of a request, was answered whole by the wire path
+        (server/fast_wire.py), without aiohttp seeing it. Only while aiohttp waits for a
+        request with none queued, so that responses keep the order of the requests."""
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._messages or self.transport is None:
+            return False
+        assert self._wire is not None
+        try:
+            reply = self._wire(data)
+        except Exception:  # a bug there must not cost the request: the usual way answers it
+            log.exception("the wire path failed on a request; it goes the usual way")
+            return False
+        if reply is None:
+            return False
+        self.transport.write(reply)
+        self._manager.requests_count += 1  # type: ignore[union-attr]
+        # aiohttp's own keep-alive timer (the backstop) counts from the last response, too.
+        self._next_keepalive_close_time = self._loop.time() + self._keepalive_timeout
+        self._wait_for_request()
+        return True
 
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
@@ -470,7 +500,7 @@ class GuardedHandler(web.RequestHandler):
 class GuardedServer(web.Server):
     """aiohttp's low-level server, making GuardedHandler connections."""
 
-    def __init__(self, plain: web.Server, guard: ConnectionGuard) -> None:
+    def __init__(self, plain: web.Server, guard: ConnectionGuard, wire: Wire | None) -> None:
         super().__init__(
             plain.request_handler,
             request_factory=plain.request_factory,
@@ -479,19 +509,30 @@ class GuardedServer(web.Server):
             **plain._kwargs,
         )
         self.guard = guard
+        self.wire = wire
 
     def __call__(self) -> GuardedHandler:
-        return GuardedHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
+        return GuardedHandler(
+            self, loop=self._loop, guard=self.guard, wire=self.wire, **self._kwargs
+        )
 
 
 class GuardedRunner(web.AppRunner):
-    """An AppRunner whose server guards its connections (see the module docstring)."""
+    """An AppRunner whose server guards its connections (see the module docstring), and
+    answers what `wire` can answer from a request's raw bytes before aiohttp parses them."""
 
-    def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        guard: ConnectionGuard,
+        wire: Wire | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self.guard = guard
+        self.wire = wire
 
     async def _make_server(self) -> web.Server:
         methods = {route.method for route in self.app.router.routes()} - {"*"}
         self.guard.allowed_methods = ", ".join(sorted(methods | {"OPTIONS"}))
-        return GuardedServer(await super()._make_server(), self.guard)
+        return GuardedServer(await super()._make_server(), self.guard, self.wire)

@@ -23,6 +23,7 @@ from server.connections import (
     open_files_limit,
     raise_open_files_limit,
 )
+from server.fast_wire import WIRE_HITS, WireHits
 from server.gateway import SERVER_RESTART, SHUTDOWN, Gateway
 from server.keys import ACTIVE_STREAMS
 
@@ -77,6 +78,11 @@ class ServerHost:
         return self._runner.guard if self._runner is not None else None
 
     @property
+    def wire_hits(self) -> WireHits | None:
+        """The serving listener's wire path for known hits (server/fast_wire.py)."""
+        return self._runner.app[WIRE_HITS] if self._runner is not None else None
+
+    @property
     def streams_in_flight(self) -> int:
         """Streams still running: on the serving listener, and on old ones being drained."""
         serving = len(self._runner.app[ACTIVE_STREAMS]) if self._runner is not None else 0
@@ -106,9 +112,11 @@ class ServerHost:
         )
         # handler_cancellation: a client that disconnects cancels its handler, which closes the
         # upstream generation even while no byte is being written (waiting for a first token).
+        app = create_app(self.gateway)
         runner = GuardedRunner(
-            create_app(self.gateway),
+            app,
             guard,
+            wire=app[WIRE_HITS].answer,
             handler_cancellation=True,
             access_log=None,
             shutdown_timeout=self.drain_seconds,
