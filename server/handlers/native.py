@@ -14,7 +14,6 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -78,9 +77,16 @@ def native_errors(handler: Handler) -> Handler:
     return wrapped
 
 
+_second = [0, ""]  # the last second stamped, and its text up to the seconds
+
+
 def created_at() -> str:
-    """Ollama's RFC 3339 UTC stamp: `2026-03-14T09:26:53.58979Z`."""
-    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    """Ollama's RFC 3339 UTC stamp: `2026-03-14T09:26:53.589790Z`. The date and time are
+    formatted once a second (datetime.isoformat per call was 7 % of a native hit's CPU)."""
+    second, ns = divmod(time.time_ns(), 1_000_000_000)
+    if second != _second[0]:
+        _second[:] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_second[1]}.{ns // 1000:06d}Z"
 
 
 def request_id(request: web.Request) -> str:

@@ -306,7 +306,8 @@ def _parse(body: Any, kind: str, rid: str, endpoint: str) -> tuple[ChatRequest, 
 
 
 def _completion_id(prefix: str) -> str:
-    return f"{prefix}-{base64.b32encode(RANDOM.take(10)).decode().lower()}"
+    # 80 random bits in hex (base64.b32encode was 8 % of a /v1 hit's CPU).
+    return f"{prefix}-{RANDOM.take(10).hex()}"
 
 
 def _finish_reason(done_reason: str, tool_calls: bool) -> str:
