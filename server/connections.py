@@ -57,6 +57,25 @@ Wire = Callable[[bytes], bytes | None]
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
+def whole_request(data: bytes) -> bool:
+    """Whether `data` is exactly one HTTP request: its head, and a body as long as its one
+    Content-Length says (none without one); no chunked body, nothing cut, nothing after it."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    head = data[:end].lower()
+    if b"\r\ntransfer-encoding:" in head:
+        return False
+    body = len(data) - end - 4
+    at = head.find(b"\r\ncontent-length:")
+    if at < 0:
+        return body == 0
+    if head.find(b"\r\ncontent-length:", at + 1) >= 0:
+        return False
+    value = head[at + 17 :].split(b"\r\n", 1)[0].strip()
+    return value.isdigit() and int(value) == body
+
+
 def connection_limit(max_connections: int, open_files: int | None) -> int:
     """How many connections may be open at once under an open-files limit (None: no limit)."""
     if open_files is None:
@@ -256,6 +275,10 @@ class GuardedHandler(web.RequestHandler):
     ) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
+        # The wire path may only see bytes that start a request. It is given up for good on a
+        # connection where a read held anything but one whole request (pipelined, cut, a
+        # chunked body): aiohttp's parser may then hold part of one, and the next read would
+        # be its rest, not a request of its own.
         self._wire = wire
         self._phase = Phase.IDLE
         # When the current phase's time runs out (loop time; None: no limit now), and the one
@@ -284,9 +307,12 @@ class GuardedHandler(web.RequestHandler):
             return  # read and dropped, so closing does not reset the 503 away
         if self._force_close or self._close:
             return  # aiohttp ignores it too
-        if self._phase is Phase.IDLE and data:
-            if self._wire is not None and self._answer_on_wire(data):
+        if self._wire is not None and data:
+            if self._phase is Phase.IDLE and self._answer_on_wire(data):
                 return
+            if not whole_request(data):
+                self._wire = None
+        if self._phase is Phase.IDLE and data:
             self._phase = Phase.HEADERS
             self._request_start = data[:64]
             started = True
@@ -310,6 +336,8 @@ class GuardedHandler(web.RequestHandler):
         waiter = self._waiter
         if waiter is None or waiter.done() or self._messages or self.transport is None:
             return False
+        if self.writing_paused:
+            return False  # a client not reading its answers: the usual way waits for it
         assert self._wire is not None
         try:
             reply = self._wire(data)

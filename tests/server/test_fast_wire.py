@@ -387,3 +387,45 @@ async def test_the_official_clients_get_wire_hits(server, sim):
     assert len({r.choices[0].message.content for r in replies}) == 1
     assert answered(server) == after_ollama + 2
     assert await generations(sim) == 2
+
+
+async def test_bytes_that_end_another_request_are_not_taken_for_a_new_one(server, connect):
+    # A whole request and the start of a second one's head in one write; the next write, which
+    # would be a request the wire path could answer on its own, is the rest of that head: the
+    # usual way finds a bad header line in it (400) and the wire path must not answer it.
+    path, body = KINDS["chat-optimized"]
+    conn = await connect(server)
+    await learned(conn, path, body)
+    before = answered(server)
+    await conn.send(request(path, body) + f"POST {path} HTTP/1.1\r\nX-Pad: 1\r\n".encode())
+    first = await conn.reply()
+    assert first.status == 200 and first.headers["x-cache"] == "HIT"
+    await asyncio.sleep(0.05)
+    second = await conn.ask(request(path, body))
+    assert second.status == 400 and second.json()["code"] == "bad_request"
+    assert answered(server) == before
+    # A new connection gets the wire path again.
+    fresh = await connect(server)
+    assert (await fresh.ask(request(path, body))).status == 200
+    assert answered(server) == before + 1
+
+
+async def test_a_client_that_does_not_read_does_not_grow_the_gateway(server, connect):
+    # Long answers (~25 KB), asked for one after the other without reading any: what waits in
+    # the gateway stays near the transport's high-water mark; then every answer arrives.
+    path = "/api/chat-optimized"
+    body = {"messages": user("long"), "stream": False, "options": {"sim_tokens": 4000}}
+    conn = await connect(server)
+    first = (await learned(conn, path, body)).json()["content"]
+    asked = 600
+    buffered = []
+    guard = server.host.connections
+    for _ in range(asked):
+        await conn.send(request(path, body))
+        await asyncio.sleep(0.002)
+        buffered.append(max(c.transport.get_write_buffer_size() for c in guard._open))
+    assert answered(server) < asked  # it stopped answering on the wire while unread
+    assert max(buffered) < 64 * 1024 + 2 * len(first)
+    for _ in range(asked):
+        reply = await conn.reply()
+        assert reply.status == 200 and reply.json()["content"] == first
