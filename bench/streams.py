@@ -30,6 +30,10 @@ relays the simulator's lines unchanged, so:
   rate (AIM_MIN_RATE_SHARE), through the gateway as directly.
 
 Every stream must end with Ollama's `done: true` line, with `--tokens` content lines.
+
+`--api chat-optimized` or `--api openai` streams the gateway's SSE (`/api/chat-optimized`,
+`/v1/chat/completions`) instead: the gateway run only (the simulators speak only Ollama's API),
+and no delay per token (an SSE frame carries no `created_at`); CPU per token and rates as above.
 """
 
 from __future__ import annotations
@@ -128,9 +132,18 @@ class StreamResult:
 
 
 _STAMP = b'"created_at":"'
+# Per API: its path, and what marks a content line and the last line of a stream.
+APIS = {
+    "native": ("/api/chat", b'"done":false', b'"done":true'),
+    "chat-optimized": ("/api/chat-optimized", b'"content":', b'"done":true'),
+    "openai": ("/v1/chat/completions", b'"finish_reason":null', b"data: [DONE]"),
+}
 
 
-async def one_stream(port: int, question: str, tokens: int, result: StreamResult) -> None:
+async def one_stream(
+    port: int, question: str, tokens: int, result: StreamResult, api: str = "native"
+) -> None:
+    path, content, last = APIS[api]
     body = json.dumps(
         {
             "model": MODEL,
@@ -140,7 +153,7 @@ async def one_stream(port: int, question: str, tokens: int, result: StreamResult
         }
     ).encode()
     head = (
-        f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode()
     try:
@@ -173,13 +186,14 @@ async def one_stream(port: int, question: str, tokens: int, result: StreamResult
             pending += data[:-2]
             *lines, pending = pending.split(b"\n")
             for text in lines:
-                at = text.find(_STAMP)
-                if b'"done":true' in text:
+                if last in text:
                     result.done = True
-                elif at >= 0:
-                    start = at + len(_STAMP)
+                elif content in text:
                     arrivals.append(now)
-                    stamps.append(text[start : text.index(b'"', start)])
+                    at = text.find(_STAMP)
+                    if at >= 0:
+                        start = at + len(_STAMP)
+                        stamps.append(text[start : text.index(b'"', start)])
     except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -195,7 +209,8 @@ async def run_streams(
     async def delayed(i: int) -> None:
         await asyncio.sleep(i * args.stagger_ms / 1000)
         port = ports[i % len(ports)]
-        await one_stream(port, f"streams bench {label} {tag} question {i}", args.tokens, results[i])
+        question = f"streams bench {label} {tag} question {i}"
+        await one_stream(port, question, args.tokens, results[i], args.api)
 
     started = time.perf_counter()
     await asyncio.gather(*(delayed(i) for i in range(args.streams)))
@@ -223,8 +238,9 @@ def summarise(results: list[StreamResult], args: argparse.Namespace) -> dict[str
     delays_ms: list[float] = []
     rates: list[float] = []
     for r in results:
-        for arrived, stamp in zip(r.arrivals_ns, r.stamps, strict=True):
-            delays_ms.append((arrived - stamp_ns(stamp)) / 1e6)
+        if r.stamps:  # native lines only: SSE frames carry no created_at
+            for arrived, stamp in zip(r.arrivals_ns, r.stamps, strict=True):
+                delays_ms.append((arrived - stamp_ns(stamp)) / 1e6)
         if len(r.arrivals_ns) >= 2:
             span = (r.arrivals_ns[-1] - r.arrivals_ns[0]) / 1e9
             if span > 0:
@@ -266,6 +282,8 @@ def measure(args: argparse.Namespace, sims: list[Server], gateway: Server) -> di
     profile: dict[str, Any] | None = None
     for index in range(args.rounds):
         order = ["direct", "gateway"] if index % 2 == 0 else ["gateway", "direct"]
+        if args.api != "native":
+            order = ["gateway"]  # the simulators speak only Ollama's API
         this: dict[str, Any] = {}
         for name in order:
             recorder = None
@@ -342,7 +360,7 @@ def figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         return statistics.median(values) if values else float("nan")
 
     out: dict[str, Any] = {}
-    for name in ("direct", "gateway"):
+    for name in ("direct", "gateway") if "direct" in rounds[0] else ("gateway",):
         out[name] = {
             "delay_ms": {p: med(name, "delay_ms", p) for p in ("p50", "p90", "p99", "max")},
             "rate": {
@@ -357,12 +375,13 @@ def figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         }
     out["gateway"]["cpu_us_per_token"] = med("gateway", "gateway_cpu_us_per_token")
     out["gateway"]["rss_mb"] = med("gateway", "gateway_rss_mb")
+    added = [r for r in rounds if "delay_ms" in r["gateway"] and "delay_ms" in r.get("direct", {})]
     out["added_delay_ms"] = {
         p: statistics.median(
-            r["gateway"]["delay_ms"][p] - r["direct"]["delay_ms"][p]
-            for r in rounds
-            if "delay_ms" in r["gateway"] and "delay_ms" in r["direct"]
+            r["gateway"]["delay_ms"][p] - r["direct"]["delay_ms"][p] for r in added
         )
+        if added
+        else float("nan")
         for p in ("p50", "p90", "p99")
     }
     return out
@@ -374,10 +393,20 @@ def figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def print_report(report: dict[str, Any]) -> None:
     p = report["params"]
     m = report["measured"]
-    g, d = m["gateway"], m["direct"]
+    g = m["gateway"]
+    # Without a direct run (an SSE API), its column says nan.
+    d = m.get("direct") or {
+        "delay_ms": dict.fromkeys(("p50", "p90", "p99"), float("nan")),
+        "rate": dict.fromkeys(("min", "p10", "median", "max", "min_share_of_median"), float("nan")),
+        "simulator_busy": float("nan"),
+        "client_busy": float("nan"),
+        "errors": 0,
+        "incomplete": 0,
+    }
     print()
     print(
-        f"{p['streams']} streams of {p['tokens']} tokens, {p['token_delay_ms']:g} ms apart"
+        f"{p['api']}: {p['streams']} streams of {p['tokens']} tokens,"
+        f" {p['token_delay_ms']:g} ms apart"
         f" (scheduled {p['streams'] * 1000 / p['token_delay_ms']:,.0f} tokens/s), started"
         f" {p['stagger_ms']:g} ms apart; {p['hosts']} hosts x {PER_HOST} = "
         f"{p['hosts'] * PER_HOST} generations at once; {report['pinning']}; medians of"
@@ -411,7 +440,7 @@ def print_report(report: dict[str, Any]) -> None:
     # their load, not the gateway.
     slack = d["delay_ms"]["p50"] - p["token_delay_ms"]
     kept = slack <= MAX_DIRECT_SLACK_MS
-    if not kept:
+    if not kept and "direct" in m:
         print(
             f"NOTE: straight to the simulators, a token arrived {slack:.0f} ms after its"
             f" schedule (p50; more than {MAX_DIRECT_SLACK_MS:g} ms): the simulators and the"
@@ -454,6 +483,7 @@ def print_report(report: dict[str, Any]) -> None:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--api", choices=sorted(APIS), default="native", help="what to stream")
     parser.add_argument("--tokens", type=int, default=250, help="content lines per answer")
     parser.add_argument("--token-delay-ms", type=float, default=20.0)
     parser.add_argument("--first-token-delay-ms", type=float, default=50.0)

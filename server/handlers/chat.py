@@ -20,6 +20,7 @@ from server.gateway import Gateway
 from server.handlers.body import parse_json, read_body, read_json
 from server.handlers.caller import as_caller, caller
 from server.handlers.fast_json import orjson_response
+from server.handlers.frames import sse_frame
 from server.keys import ACTIVE_STREAMS, CHAT_INFO, GATEWAY
 from server.services.cache import CachedAnswer
 from server.services.generation import Queued
@@ -36,15 +37,6 @@ SSE_HEADERS = {
     # Tell nginx-style proxies not to buffer the stream.
     "X-Accel-Buffering": "no",
 }
-
-
-def sse_frame(payload: dict[str, Any]) -> bytes:
-    """One `data:` line pair; json.dumps escapes newlines, so a frame is always one line."""
-    return (
-        b"data: "
-        + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-        + b"\n\n"
-    )
 
 
 @routes.post("/api/chat-optimized")

@@ -31,6 +31,7 @@ from server.handlers.body import parse_json, read_body, read_json
 from server.handlers.caller import as_caller, caller
 from server.handlers.embed import embed_inputs, record
 from server.handlers.fast_json import orjson_response
+from server.handlers.frames import sse_frame
 from server.handlers.host_fanout import union_tags
 from server.handlers.native import REPLAY_WRITE_BYTES, parse_native, request_id
 from server.json_checks import lone_surrogate_path
@@ -438,10 +439,6 @@ HIT_RECIPES = {
 }
 
 
-def _event(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-
 # -- handlers ---------------------------------------------------------------------------------
 
 
@@ -555,7 +552,7 @@ async def _stream(
                     else:
                         choice = {"text": event.text, "index": 0, "finish_reason": None}
                     first = False
-                    batch += _event({**base, "choices": [choice]})
+                    batch += sse_frame({**base, "choices": [choice]})
                     held = stream.cached or event.more
                     if not (held and len(batch) < REPLAY_WRITE_BYTES):
                         await resp.write(bytes(batch))
@@ -569,9 +566,9 @@ async def _stream(
                         if chat
                         else {"text": "", "index": 0, "finish_reason": reason}
                     )
-                    frames = _event({**base, "choices": [last]})
+                    frames = sse_frame({**base, "choices": [last]})
                     if usage:
-                        frames += _event(
+                        frames += sse_frame(
                             {**base, "choices": [], "usage": _usage(prompt, completion)}
                         )
                     await resp.write(bytes(batch) + frames + b"data: [DONE]\n\n")
@@ -583,7 +580,7 @@ async def _stream(
         ending = gateway.interruption(info)
         with contextlib.suppress(Exception):
             await resp.write(
-                _event(
+                sse_frame(
                     {
                         "error": {
                             "message": ending.message,
@@ -599,7 +596,7 @@ async def _stream(
     except GatewayError as exc:
         info["error"] = exc.code
         with contextlib.suppress(Exception):
-            await resp.write(_event(openai_error_body(exc)))
+            await resp.write(sse_frame(openai_error_body(exc)))
         return resp
     finally:
         if current is not None:

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from server.handlers.frames import sse_frame
 from tests.conftest import Server, Sim, parse_sse, user
 
 # Text pieces a careless line splitter would cut: U+2028, U+2029 and NEL are line ends to
@@ -121,3 +122,16 @@ async def test_a_client_that_joins_late_gets_every_line_in_order(
     whole = b"".join(early) + rest
     assert late == whole  # every line, in order, and the same done line
     assert len(late.split(b"\n")) == 40 + 2
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"content": "".join(chr(i) for i in range(0x30)) + "\x7f\x85\u2028\u2029😀\ufeff"},
+        {"content": TEXTS[0], "done": False, "request_id": "r", "stats": {"eval_count": 3}},
+        {"choices": [{"delta": {"content": "x"}, "finish_reason": None}], "big": 2**70},
+    ],
+)
+def test_an_sse_frame_has_the_bytes_json_dumps_gives(payload: dict[str, object]) -> None:
+    expected = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    assert sse_frame(payload) == b"data: " + expected + b"\n\n"
