@@ -70,3 +70,6 @@ def test_ten_thousand_requests_on_the_qasync_loop(start_app, run, qtbot):
     assert proc.returncode == 0
     assert json.loads(proc.stdout.read())["ok"] == 10_000
     assert app.controller.gateway.cache.stats()["hits"] >= 5000
+    # Nearly all of them answered on the wire (server/fast_wire.py), on the qasync loop too.
+    wire = app.controller.host.wire_hits
+    assert wire is not None and wire.answered >= 4000
