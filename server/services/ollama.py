@@ -7,6 +7,7 @@ aiohttp's ClientSession was chosen over httpx.AsyncClient by measurement (bench/
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -125,9 +126,10 @@ class OllamaClient:
                 if resp.status >= 400:
                     raise await self._http_error(resp, model)
                 self._mark_reachable()
+                watch = _ReadWatch(resp, self.timeout_s)
                 # aclosing: returning from inside the loop closes the parser now, not through
                 # asyncio's finalizer hook (a self-pipe write and a loop pass per stream).
-                async with contextlib.aclosing(_ndjson(resp)) as reads:
+                async with watch, contextlib.aclosing(_ndjson(resp, watch)) as reads:
                     async for lines in reads:
                         for i, (chunk, _) in enumerate(lines):
                             if "error" in chunk:
@@ -338,11 +340,46 @@ def keep_alive_value(value: str) -> str | float:
         return value
 
 
-async def _ndjson(resp: aiohttp.ClientResponse) -> AsyncGenerator[list[Line], None]:
+class _ReadWatch:
+    """A streamed body's read timeout (`[ollama].timeout_seconds`), checked once per timeout
+    rather than re-armed on every read: aiohttp's sock_read makes and cancels a timer per read
+    (a tenth of a relayed token's CPU). sock_read still covers the wait for the headers.
+
+    When nothing was read for `timeout_s`, the body's reader fails with TimeoutError, as
+    aiohttp's own read timeout would, which the caller translates to UpstreamTimeout."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, timeout_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._content = resp.content
+        self._timeout_s = timeout_s
+        self.last = self._loop.time()  # of the latest read; the reader sets it
+        if resp.connection is not None and resp.connection.protocol is not None:
+            resp.connection.protocol.read_timeout = None  # from here on, this watch's job
+        self._handle = self._loop.call_later(timeout_s, self._check)
+
+    def _check(self) -> None:
+        idle = self._loop.time() - self.last
+        if idle < self._timeout_s:
+            self._handle = self._loop.call_later(self._timeout_s - idle, self._check)
+        else:
+            self._content.set_exception(TimeoutError(f"nothing read for {idle:.1f} s"))
+
+    async def __aenter__(self) -> _ReadWatch:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._handle.cancel()
+
+
+async def _ndjson(
+    resp: aiohttp.ClientResponse, watch: _ReadWatch
+) -> AsyncGenerator[list[Line], None]:
     """Parse an NDJSON body: the complete lines of each read, buffering a line that arrives
     split across reads. A line ends at a newline byte only: U+2028 or NEL in a string is text."""
     pending = b""
+    loop = asyncio.get_running_loop()
     async for data in resp.content.iter_any():
+        watch.last = loop.time()
         if b"\n" not in data:
             pending += data
             continue

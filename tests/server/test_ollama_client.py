@@ -197,3 +197,31 @@ async def test_error_translation(sim: Sim, client_for):
     with pytest.raises(UpstreamTimeout, match=r"sent nothing for 0\.3 s"):
         async for _ in slow.chat_stream(payload):
             pass
+
+
+async def test_a_stream_that_stalls_after_its_first_lines_times_out(client_for):
+    """[ollama].timeout_seconds holds between lines too, not only before the first."""
+    line = b'{"model":"m","message":{"role":"assistant","content":"Hi"},"done":false}\n'
+    runner, url = await serve_raw([line, line], delay=2.0)
+    got: list[bytes] = []
+    try:
+        client = await client_for(url, timeout_s=0.3)
+        with pytest.raises(UpstreamTimeout, match=r"sent nothing for 0\.3 s"):
+            async for read in client.chat_stream({"model": "m", "messages": user()}):
+                got += [line for _, line in read]
+    finally:
+        await runner.cleanup()
+    assert got == [line.rstrip(b"\n")]
+
+
+async def test_a_stream_longer_than_the_timeout_is_fine_while_lines_keep_coming(client_for):
+    lines = [b'{"model":"m","message":{"role":"assistant","content":"a"},"done":false}\n'] * 8
+    lines.append(b'{"model":"m","message":{"role":"assistant","content":""},"done":true}\n')
+    runner, url = await serve_raw(lines, delay=0.1)  # 0.9 s in all, a line every 0.1 s
+    try:
+        client = await client_for(url, timeout_s=0.4)
+        stream = client.chat_stream({"model": "m", "messages": user()})
+        got = [line async for read in stream for line in read]
+    finally:
+        await runner.cleanup()
+    assert len(got) == 9 and got[-1][0]["done"] is True
