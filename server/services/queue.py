@@ -22,14 +22,33 @@ restart, those measured before it (when `[queue].state_file` keeps them, see `Ti
 with nothing measured yet, `estimated_time_per_request_ms`, a hand-set figure that a running
 generation is then taken to need in full (elapsed time is not subtracted from a guess).
 
-Positions are coalesced (issue #19: ten thousand waiting clients). The line is kept sorted
-(insertions by binary search, no re-sort per change), and positions are numbered lazily, on
-read. A change that moves waiting entries (one leaves the line, one is put in ahead of others)
-does not call each moved entry's `on_change` at once: the first change after a quiet second
-does, and later ones are gathered into one notice per `notify_interval_s` (1 s). So a waiting
-client hears at most one position update a second (plus the heartbeat its listener sends), and
-draining a line of n costs O(n) per second of notices instead of O(n) frames per freed slot.
-Being granted a slot is told at once.
+Positions are numbered lazily and told sparingly (issue #19: ten thousand waiting clients). The
+line is kept sorted (insertions by binary search, no re-sort per change); a position is read by a
+binary search for the entry's rank, and the line is renumbered only when enough positions are
+read between two changes to make that cheaper. A change that moves waiting entries (one leaves
+the line, one is put in ahead of others) calls nobody's `on_change` there and then; each entry's
+position is looked at on its own schedule:
+
+- An entry told position p is not told again until interval(p) has passed, where interval(p) =
+  clamp(ceil(p / K), 1, 30) × `notify_interval_s` (1 s) and K = `notify_positions` (100): every
+  second for the first hundred, every 2 s for the next hundred, ..., every 30 s from 2,901 on.
+- Once interval(p) has passed, it is told its position at the first look that finds it moved:
+  looks come every interval(p) while the line changes, and a move after a quiet spell (nothing
+  moved since the entry's last look) is looked at at once. So a move is heard within interval(p)
+  of it, and when the line goes quiet each entry's last notice is its real position within
+  interval(p). Being granted a slot is told at once.
+
+Why grow with p: near the front a client waits seconds and each move matters; far back it waits
+minutes, a move is a small part of the way, and telling it every second made a drain cost N × the
+drain time = O(N²) notices. With interval ∝ p, a client at p hears again once the line has served
+about rate × p / K more, a fixed fraction of the way left, so its notices over the wait are about
+(K / rate) × (1 + ln(p / K)) and a drain of N costs O(N log N) notices (and looks), as long as
+N stays under 30 K; past that the 30 s cap bounds the silence, at N / (30 × rate) more notices
+per far entry. When moves come slower than the intervals (slow generations), every move is
+told, as before: O(N) notices per freed slot, but never more than the intervals allow, about
+K × (1 + ln 30) + N / 30 a second. A streamed client also hears the current position with its
+listener's 5 s heartbeat, so a far-back stream still sees where it is every 5 s; GET
+/api/chat-queue and the dashboards read positions straight from the line, always exact.
 
 Several hosts, one line: each host has its own slots, and an entry can run only on a host that
 can serve its model. When a slot frees, the line is walked in service order and each entry takes
@@ -52,6 +71,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from operator import attrgetter
 from typing import Any, Protocol
 
@@ -61,8 +81,11 @@ log = logging.getLogger("chatbot.queue")
 
 # How many recent generations the average (and so the ETA) is taken over.
 _HISTORY = 20
-# A waiting entry is told of a new position at most this often (module docstring).
+# Notices of a new position (module docstring): an entry told position p is told again no sooner
+# than clamp(ceil(p / NOTIFY_POSITIONS), 1, NOTIFY_MAX_STEPS) x NOTIFY_INTERVAL_S later.
 NOTIFY_INTERVAL_S = 1.0
+NOTIFY_POSITIONS = 100
+NOTIFY_MAX_STEPS = 30
 # (delay in seconds, callback): how the queue asks to be called back later (call_later).
 Schedule = Callable[[float, Callable[[], None]], object]
 
@@ -135,15 +158,19 @@ class QueueEntry:
     _granted: asyncio.Event = field(default_factory=asyncio.Event)
     _line: GenerationQueue | None = None
     _pos: int = 0  # numbered lazily by the queue
-    _told: int = 0  # the position its on_change was last called for
+    _told: int = 0  # the position it was last told (by its first frame, or on_change)
+    _told_at: float = -math.inf  # when on_change told it
+    _seen: int = -1  # the queue's count of moves when its position was last looked at
+    _check: int = -1  # the id of its pending look (heap or parked); older ones are void
 
     @property
     def position(self) -> int:
         """1-based while waiting, 0 once it holds a slot (or is done)."""
         if self.state is not State.WAITING:
             return 0
-        if self._line is not None and self._line._stale:
-            self._line._renumber()
+        line = self._line
+        if line is not None and line._stale:
+            return line._position_of(self)
         return self._pos
 
     @property
@@ -172,6 +199,7 @@ class GenerationQueue:
         aging_factor: float = 4.0,
         router: Router | None = None,
         notify_interval_s: float = NOTIFY_INTERVAL_S,
+        notify_positions: float = NOTIFY_POSITIONS,
         clock: Callable[[], float] = time.monotonic,
         schedule: Schedule | None = None,
     ) -> None:
@@ -182,6 +210,7 @@ class GenerationQueue:
         self.estimated_ms = estimated_ms
         self.aging_factor = aging_factor
         self.notify_interval_s = notify_interval_s
+        self.notify_positions = notify_positions  # math.inf: every entry at notify_interval_s
         self._clock = clock
         self._schedule = schedule
         self.counters = QueueCounters()
@@ -198,10 +227,17 @@ class GenerationQueue:
         # Batch entries not yet served as interactive, by arrival (a heap): see _promote_aged.
         self._aging: list[tuple[float, int, QueueEntry]] = []
         self._stale = False  # some waiting entry's _pos is out of date
-        self._moved = False  # some waiting entry's position moved since its on_change
-        self._last_notice = -math.inf
-        self._notice_due = False  # a notice is scheduled
+        self._stale_reads = 0  # positions read by binary search since the line went stale
+        self._moves = 0  # changes that moved some waiting entry
+        # Looks at waiting entries' positions: (when, check id, entry), soonest first; and those
+        # to look at on the next move (nothing has moved since they were last looked at).
+        self._checks: list[tuple[float, int, QueueEntry]] = []
+        self._parked: list[tuple[int, QueueEntry]] = []
+        self._check_ids = itertools.count()
+        self._timer_at = math.inf  # when the pending timer looks (only the latest one counts)
+        self._timer = 0
         self.notices = 0  # on_change calls for moved positions (a figure for bench/)
+        self.looks = 0  # positions looked at for notices (a figure for bench/)
 
     # -- figures ------------------------------------------------------------------------------
 
@@ -316,6 +352,10 @@ class GenerationQueue:
         self._promote_aged()  # aged batch work goes ahead of this newcomer
         entry.rank = (priority, entry.turn, entry.enqueued_at, entry.seq)
         self._add(entry)
+        # Its listener's first frame tells it where it is: next looked at on a move.
+        entry._told = entry.position
+        entry._seen = self._moves
+        self._park(entry)
         self._announce()
         return entry
 
@@ -393,8 +433,9 @@ class GenerationQueue:
         self._free(entry)
         entry.state = State.WAITING
         entry._granted = asyncio.Event()
-        entry._told = 0
+        entry._told, entry._told_at = 0, -math.inf
         self._add(entry)
+        self._look_at(entry, self._clock())  # back in line: told where, at the next look
 
     def _free(self, entry: QueueEntry) -> None:
         self._active.discard(entry)
@@ -430,9 +471,9 @@ class GenerationQueue:
         line.insert(at, entry)
         if at == len(line) - 1:
             # Last in line: nobody moved, and its position is the line's length either way.
-            entry._pos = entry._told = len(line)
+            entry._pos = len(line)
         else:
-            self._stale = self._moved = True
+            self._moved()
 
     def _remove(self, at: int) -> QueueEntry:
         entry = self._waiting.pop(at)
@@ -444,7 +485,10 @@ class GenerationQueue:
             del self._waiting_by_owner[owner]
         self._count_key(entry, -1)
         if at < len(self._waiting):  # those behind it moved up
-            self._stale = self._moved = True
+            self._moved()
+        elif not self._waiting:  # nobody left to tell: pending looks are all void
+            self._checks.clear()
+            self._parked.clear()
         return entry
 
     def _index(self, entry: QueueEntry) -> int:
@@ -477,11 +521,31 @@ class GenerationQueue:
                     return
                 line_at = self._index(entry)
                 self._waiting.pop(line_at)
-                self._stale = self._moved = True
                 entry.rank = (Priority.INTERACTIVE, *entry.rank[1:])
                 self._place(entry)
-                self._stale = self._moved = True
+                self._moved()
             heapq.heappop(aging)
+
+    def _moved(self) -> None:
+        """Some waiting entries moved: numbers are stale, and those parked are looked at."""
+        self._stale = True
+        self._stale_reads = 0
+        self._moves += 1
+        if self._parked:
+            parked, self._parked = self._parked, []
+            now = self._clock()
+            for check, entry in parked:
+                if entry._check == check and entry.state is State.WAITING:
+                    self._look_at(entry, now)
+
+    def _position_of(self, entry: QueueEntry) -> int:
+        """A waiting entry's position in a stale line: by binary search, O(log n), until as
+        many have been read since the change as make renumbering, O(n), the cheaper way."""
+        self._stale_reads += 1
+        if self._stale_reads > 8 + (len(self._waiting) >> 5):
+            self._renumber()
+            return entry._pos
+        return self._index(entry) + 1
 
     def _renumber(self) -> None:
         for pos, entry in enumerate(self._waiting, start=1):
@@ -540,37 +604,75 @@ class GenerationQueue:
                 at += 1
         self._announce()
 
+    def notice_interval_s(self, position: int) -> float:
+        """How long after telling an entry `position` it may be told again (module docstring)."""
+        steps = math.ceil(position / self.notify_positions)
+        return min(NOTIFY_MAX_STEPS, max(1, steps)) * self.notify_interval_s
+
+    def _park(self, entry: QueueEntry) -> None:
+        """Look at the entry on the next move (until one, its position cannot change)."""
+        entry._check = check = next(self._check_ids)
+        self._parked.append((check, entry))
+
+    def _check_at(self, entry: QueueEntry, when: float) -> None:
+        entry._check = check = next(self._check_ids)
+        heapq.heappush(self._checks, (when, check, entry))
+
+    def _look_at(self, entry: QueueEntry, now: float) -> None:
+        """Look at the entry as soon as its interval since its last notice has passed."""
+        self._check_at(entry, max(now, entry._told_at + self.notice_interval_s(entry._told)))
+
     def _announce(self) -> None:
-        """Tell moved entries their new positions: now if the last notice was a while ago,
-        else once `notify_interval_s` after it, for every change meanwhile."""
-        if not self._moved or self._notice_due:
+        """After a change: the looks that are due now happen now, the next is timed."""
+        checks = self._checks
+        if not checks:
             return
-        wait = self._last_notice + self.notify_interval_s - self._clock()
-        if wait <= 0:
-            self._notify()
+        when = checks[0][0]
+        if when <= self._clock():
+            self._look()
             return
+        if when >= self._timer_at:
+            return  # the pending timer comes first, and times the next one
         schedule = self._schedule
         if schedule is None:
             try:
                 schedule = asyncio.get_running_loop().call_later
-            except RuntimeError:  # no loop (a script driving the queue): tell them now
-                self._notify()
+            except RuntimeError:  # no loop (a script driving the queue): look now
+                self._look(math.inf)
                 return
-        self._notice_due = True
-        schedule(wait, self._notify)
+        self._timer += 1
+        self._timer_at = when
+        schedule(when - self._clock(), partial(self._on_timer, self._timer))
 
-    def _notify(self) -> None:
-        self._notice_due = False
-        self._last_notice = self._clock()
-        self._moved = False
-        if self._stale:
-            self._renumber()
-        for entry in tuple(self._waiting):
-            if entry._told != entry._pos and entry.state is State.WAITING:
-                entry._told = entry._pos
+    def _on_timer(self, timer: int) -> None:
+        if timer == self._timer:  # else a later change timed an earlier look
+            self._timer_at = math.inf
+            self._look()
+
+    def _look(self, until: float | None = None) -> None:
+        """The due looks: an entry that moved is told; one that did not is looked at again
+        after its interval, or, when nothing at all has moved since, on the next move."""
+        now = self._clock()
+        until = now if until is None else until
+        checks = self._checks
+        while checks and checks[0][0] <= until:
+            _, check, entry = heapq.heappop(checks)
+            if entry._check != check or entry.state is not State.WAITING:
+                continue  # it left the line, or has a newer look
+            self.looks += 1
+            position = entry.position
+            if position != entry._told:
+                entry._told, entry._told_at, entry._seen = position, now, self._moves
+                self._check_at(entry, now + self.notice_interval_s(position))
                 self.notices += 1
                 if entry.on_change:
                     entry.on_change()
+            elif entry._seen == self._moves:
+                self._park(entry)
+            else:
+                entry._seen = self._moves
+                self._check_at(entry, now + self.notice_interval_s(position))
+        self._announce()
 
     def stats(self) -> dict[str, float | int]:
         c = self.counters

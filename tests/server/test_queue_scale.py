@@ -10,10 +10,14 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import math
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from server.services.hosts import HostPool, host_specs
 from server.services.queue import GenerationQueue, Priority, QueueEntry, State
@@ -65,36 +69,126 @@ def watch(entries: list[QueueEntry], clock: SimClock) -> dict[int, list[tuple[fl
     return heard
 
 
-# -- coalesced position notices ---------------------------------------------------------------
+# -- position notices: sparser the further back -------------------------------------------------
 
 
-async def test_a_waiting_entry_hears_at_most_one_position_a_second_while_slots_free_fast():
+def interval(position: int) -> float:
+    """The rule (server/services/queue.py): clamp(ceil(p / 100), 1, 30) seconds."""
+    return float(min(30, max(1, -(-position // 100))))
+
+
+class Drain:
+    """A line of `waiting` behind `slots` running generations, drained one generation at a time.
+
+    With `fresh`, after every step each waiting entry is checked against the rule's staleness
+    bound: a position that differs from the last one it heard (p) has done so for at most
+    interval(p) — positions change only at steps, so the time it started to differ is exact.
+    """
+
+    def __init__(self, clock: SimClock, waiting: int, slots: int = 4, **kw: Any) -> None:
+        self.clock = clock
+        self.q = sim_queue(clock, max_concurrent=slots, **kw)
+        self.running = deque(self.q.enqueue(I, label=f"r{i}") for i in range(slots))
+        self.line = [self.q.enqueue(I, label=f"w{i}") for i in range(waiting)]
+        self.joined = {e.seq: e.position for e in self.line}  # what its first frame said
+        self.heard = watch(self.line, clock)
+        self.stale_since: dict[int, float] = {}
+
+    def told(self, e: QueueEntry) -> int:
+        heard = self.heard[e.seq]
+        return heard[-1][1] if heard else self.joined[e.seq]
+
+    def step(self, every: float, *, fresh: bool = False) -> None:
+        self.clock.advance(every)
+        if fresh:
+            self.check_fresh()
+        self.q.release(self.running.popleft(), "completed", 100)
+        started = 0  # those granted a slot are at the front of the line
+        while started < len(self.line) and self.line[started].state is State.ACTIVE:
+            self.running.append(self.line[started])
+            started += 1
+        del self.line[:started]
+        if fresh:
+            self.check_fresh()
+
+    def check_fresh(self) -> None:
+        now = self.clock.now
+        for e in self.line:
+            told = self.told(e)
+            if told == e.position:
+                self.stale_since.pop(e.seq, None)
+                continue
+            since = self.stale_since.setdefault(e.seq, now)
+            assert now - since <= interval(told) + 1e-9, (e.seq, told, e.position, now - since)
+
+    def run(self, every: float, steps: int | None = None, *, fresh: bool = False) -> None:
+        for _ in range(steps if steps is not None else len(self.line)):
+            if not self.line:
+                break
+            self.step(every, fresh=fresh)
+
+
+def moves(heard: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    return [(t, position) for t, position in heard if position > 0]  # 0: its turn came
+
+
+async def test_an_entry_told_p_hears_again_exactly_interval_p_later_while_the_line_moves():
+    """The rule's bounds, both ways: never sooner than interval(p) after being told p, and no
+    later either while the line keeps moving (a slot frees every 25 ms)."""
     clock = SimClock()
-    q = sim_queue(clock, max_concurrent=4)
-    running = [q.enqueue(I, label=f"r{i}") for i in range(4)]
-    waiting = [q.enqueue(I, label=f"w{i}") for i in range(1000)]
-    heard = watch(waiting, clock)
-    # 400 generations end over 10 simulated seconds: a slot frees every 25 ms.
-    for _ in range(400):
-        clock.advance(0.025)
-        done = next(e for e in running if e.state is State.ACTIVE)
-        running.remove(done)
-        q.release(done, "completed", 100)
-        running.extend(e for e in waiting if e.state is State.ACTIVE and e not in running)
-    clock.advance(1.0)  # the last notice
-    told = [times for times in heard.values() if times]
-    assert len(told) >= 500  # those still waiting moved, and heard of it
-    for times in heard.values():
-        moves = [t for t, position in times if position > 0]
-        gaps = [b - a for a, b in itertools.pairwise(moves)]
-        assert all(gap >= 1.0 - 1e-9 for gap in gaps), gaps
-        assert len(moves) <= 12  # 10 s of draining, plus the first at once
-    # Every slot freed told each of the ~600-1000 behind it before: some 300,000 notices.
-    assert q.notices <= 12 * 1000
-    # What they heard last is where they are now.
-    for e in waiting:
-        if e.state is State.WAITING and heard[e.seq]:
-            assert heard[e.seq][-1][1] == e.position
+    drain = Drain(clock, waiting=4000)
+    drain.run(0.025, steps=2400)  # 60 simulated seconds
+    gaps = {1.0: 0, 2.0: 0, 15.0: 0, 30.0: 0}
+    for heard in drain.heard.values():
+        for (t1, p1), (t2, _) in itertools.pairwise(moves(heard)):
+            assert t2 - t1 == pytest.approx(interval(p1)), (p1, t2 - t1)
+            gaps[interval(p1)] = gaps.get(interval(p1), 0) + 1
+    # Near ones every second, far ones every 2..30 s: each kind was seen.
+    assert all(count > 0 for count in gaps.values()), gaps
+
+
+async def test_near_entries_hear_every_second_and_far_ones_far_less_often():
+    clock = SimClock()
+    drain = Drain(clock, waiting=4000)
+    drain.run(0.25, steps=40)  # 10 s, a slot freed every 250 ms: the line moves up by 40
+    told = [len(moves(drain.heard[e.seq])) for e in drain.line]
+    # The first move is told at once, then once a second within the first hundred (those that
+    # joined at 61-100 were there all along)...
+    assert min(told[20:60]) >= 10
+    # ...every 5 s at 401-500 (twice more in 10 s), and every 30 s from 2,901 on (not again).
+    assert max(told[360:460]) <= 3 and set(told[2900:]) == {1}
+
+
+async def test_no_position_stays_stale_longer_than_its_interval_even_when_the_line_goes_quiet():
+    clock = SimClock()
+    drain = Drain(clock, waiting=2000)
+    for burst in range(5):
+        drain.run(0.025, steps=150, fresh=True)  # a slot frees every 25 ms for 3.75 s
+        # Someone in the middle gives up: those behind move; then nothing happens for 40 s.
+        drain.q.release(drain.line.pop(len(drain.line) // 2), "cancelled")
+        drain.check_fresh()
+        for _ in range(40):
+            clock.advance(1.0)
+            drain.check_fresh()
+        # Longer than any interval: everyone's last notice is where it is now.
+        assert all(drain.told(e) == e.position for e in drain.line), burst
+
+
+async def test_draining_the_line_costs_n_log_n_notices_not_n_squared():
+    def drain_notices(n: int, **kw: Any) -> tuple[int, int]:
+        clock = SimClock()
+        drain = Drain(clock, waiting=n, **kw)
+        drain.run(0.025)  # the same service rate for both: 40 generations a second
+        assert not drain.line
+        return drain.q.notices, drain.q.looks
+
+    small, large = drain_notices(1000), drain_notices(4000)
+    # Four times the line, a four times longer drain: told every second, 16 x the notices.
+    every_second = drain_notices(1000, notify_positions=math.inf)
+    every_second_large = drain_notices(4000, notify_positions=math.inf)
+    assert 14 < every_second_large[0] / every_second[0] < 17
+    assert large[0] / small[0] < 8 and large[1] / small[1] < 8  # ~ 4 x ln(4000/100)/ln(1000/100)
+    assert large[0] < every_second_large[0] / 5
 
 
 async def test_the_first_move_after_a_quiet_second_is_told_at_once():
