@@ -12,12 +12,21 @@ Then the blockers leave and the line drains: the W answers are fast (3 tokens, n
 slots free hundreds of times a second, the worst case for position notices.
 
 Each client counts its `queued` frames and notes when its position changed. Figures: frames
-per client and in all (aim: a client hears at most one position update a second plus a 5 s
-heartbeat, so about drain seconds + 1 per client, instead of one per freed slot, W/2 on
-average); the shortest gap between two position updates to one client (aim ≥ ~1 s, less the
-client's own delay in reading); the gateway's CPU seconds to fill and to drain the line, per
-waiting client (aim: the same at 1,000 and 10,000, i.e. no quadratic work). `--pythonpath DIR`
+per client and in all, and position updates per client (aim: a client told position p hears a
+new one at most every clamp(ceil(p / 100), 1, 30) s, plus a 5 s heartbeat that says where it
+is, instead of one per freed slot, W/2 on average); the shortest gap between two position
+updates to one client (aim ≥ ~1 s, less the client's own delay in reading); the gateway's CPU
+seconds to fill and to drain the line, per waiting client (aim: about the same at 1,000 and
+10,000, i.e. no quadratic work, apart from the heartbeats). `--pythonpath DIR`
 runs the gateway from another checkout (e.g. the commit before #19) for a before/after.
+
+`--queue-only` measures the queue alone, without sockets: in a child process (so `--pythonpath`
+picks the code), W entries wait behind N slots on a simulated clock and one generation ends
+every 1 / `--rate` s until the line is empty. Figures: position notices (`on_change` calls for a
+moved position) in all and per client, and the CPU seconds of the drain per client (the queue's
+own work, the simulated timers included). "every 1 s" rows run this checkout with
+notify_positions = inf, i.e. every entry told at most once a second, the rule before the notice
+interval grew with the position.
 """
 
 from __future__ import annotations
@@ -25,8 +34,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +49,7 @@ from typing import Any
 import aiohttp
 from common import (
     RESULTS_DIR,
+    ROOT,
     Server,
     free_port,
     http_json,
@@ -168,6 +180,8 @@ async def one_run(args: argparse.Namespace, sim: Server, logdir: Path, w: int, t
         "frames_while_draining": sum(per_client) - frames_before,
         "frames_per_client_median": statistics.median(per_client),
         "frames_per_client_max": max(per_client),
+        # Frames that carried a new position (a notice, or a heartbeat that found a move).
+        "moves_per_client_median": statistics.median(len(c.moves) for c in clients),
         # Between position updates after the first move (the first frame is the join itself).
         "min_gap_between_moves_s": min(gaps) if gaps else None,
         "gaps_under_0_9_s": sum(1 for g in gaps if g < 0.9),
@@ -175,6 +189,112 @@ async def one_run(args: argparse.Namespace, sim: Server, logdir: Path, w: int, t
         "gaps": len(gaps),
         "open_files_warning": [ln for ln in opened.splitlines() if "open-files" in ln][:2],
     }
+
+
+# The drain on a simulated clock, run in a child: argv = waiting, slots, rate, notify_positions
+# ("" for the code's default). Prints {"notices", "looks", "cpu_s", "sim_s"} as JSON.
+DRAIN = """
+import heapq, json, sys, time
+from collections import deque
+from server.services.queue import GenerationQueue, Priority, State
+
+waiting, slots, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+now, due, n = [1000.0], [], [0]
+
+def schedule(delay, callback):
+    n[0] += 1
+    heapq.heappush(due, (now[0] + delay, n[0], callback))
+
+def advance(seconds):
+    end = now[0] + seconds
+    while due and due[0][0] <= end:
+        at, _, callback = heapq.heappop(due)
+        now[0] = max(now[0], at)
+        callback()
+    now[0] = end
+
+kw = {"notify_positions": float(sys.argv[4])} if sys.argv[4] else {}
+q = GenerationQueue(max_concurrent=slots, max_queue_size=waiting + 1, estimated_ms=1000,
+                    clock=lambda: now[0], schedule=schedule, **kw)
+I = Priority.INTERACTIVE
+running = deque(q.enqueue(I) for _ in range(slots))
+line = deque(q.enqueue(I) for _ in range(waiting))
+told = [0]
+for e in line:
+    e.on_change = lambda e=e: told.__setitem__(0, told[0] + 1)  # a listener wakes, reads
+    e.position
+start, t0 = time.process_time(), now[0]
+while line or running:
+    advance(1 / rate)
+    q.release(running.popleft(), "completed", 100)
+    while line and line[0].state is State.ACTIVE:
+        running.append(line.popleft())
+advance(60)
+print(json.dumps({"notices": q.notices, "looks": getattr(q, "looks", q.notices),
+                  "cpu_s": time.process_time() - start, "sim_s": now[0] - 60 - t0}))
+"""
+
+
+def queue_drain(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The queue alone, drained on a simulated clock (module docstring): rows per code and W."""
+    codes = [("this checkout", str(ROOT), ""), ("every 1 s", str(ROOT), "inf")]
+    if args.pythonpath:
+        codes.append((f"{args.pythonpath}", args.pythonpath, ""))
+    rows = []
+    for r in range(args.rounds):
+        for w in args.waiting:
+            for code, path, positions in codes:
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        DRAIN,
+                        str(w),
+                        str(args.slots),
+                        str(args.rate),
+                        positions,
+                    ],
+                    cwd=path,  # first on sys.path, ahead of PYTHONPATH
+                    env={**os.environ, "PYTHONPATH": path},
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                row = {"code": code, "waiting": w, "round": r, **json.loads(out.stdout)}
+                row["notices_per_client"] = row["notices"] / w
+                row["cpu_ms_per_client"] = row["cpu_s"] * 1000 / w
+                rows.append(row)
+                print(
+                    f"round {r + 1}: W={w:>6} {code}: {row['notices']} notices"
+                    f" ({row['notices_per_client']:.1f}/client), CPU"
+                    f" {row['cpu_ms_per_client']:.3f} ms/client, drain {row['sim_s']:.0f} s",
+                    file=sys.stderr,
+                )
+    return rows
+
+
+def report_drain(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    print(
+        f"\nThe queue alone: N = {args.slots} slots, one generation ends every"
+        f" {1000 / args.rate:g} ms (simulated), medians of {args.rounds} round(s)\n"
+    )
+    head = (
+        f"{'waiting':>8} {'code':<28} {'drain s':>7} {'notices':>10} {'per client':>10}"
+        f" {'CPU ms/client':>13}"
+    )
+    print(head)
+    print("-" * len(head))
+    for w in args.waiting:
+        for code in dict.fromkeys(r["code"] for r in rows):
+            rs = [r for r in rows if r["waiting"] == w and r["code"] == code]
+            print(
+                f"{w:>8} {code[-28:]:<28} {med(rs, 'sim_s'):7.0f} {med(rs, 'notices'):10.0f}"
+                f" {med(rs, 'notices_per_client'):10.1f} {med(rs, 'cpu_ms_per_client'):13.3f}"
+            )
+    print(
+        "aims: notices per client and CPU per client growing like log W, not W (every 1 s:"
+        " about drain seconds per client, which grows with W)"
+    )
 
 
 async def run(args: argparse.Namespace, sim: Server, logdir: Path) -> list[dict[str, Any]]:
@@ -190,6 +310,7 @@ async def run(args: argparse.Namespace, sim: Server, logdir: Path) -> list[dict[
                 f" s  {row['kib_per_waiting_client']:5.1f} KiB/client  CPU drain"
                 f" {row['cpu_drain_ms_per_client']:.2f} ms/client  frames/client"
                 f" {row['frames_per_client_median']} (max {row['frames_per_client_max']})"
+                f" position updates/client {row['moves_per_client_median']}"
                 f"  min gap {row['min_gap_between_moves_s']}  failed {row['failed']}",
                 file=sys.stderr,
             )
@@ -205,7 +326,7 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     print(f"\nQueue at scale: N = {args.slots} slots, medians of {args.rounds} round(s)\n")
     head = (
         f"{'waiting':>8} {'fill s':>7} {'drain s':>7} {'KiB/client':>10} {'CPU fill ms/c':>13}"
-        f" {'CPU drain ms/c':>14} {'frames':>9} {'per client':>10} {'max':>5}"
+        f" {'CPU drain ms/c':>14} {'frames':>9} {'per client':>10} {'max':>5} {'moves/c':>7}"
         f" {'gaps<0.9s':>9} {'failed':>6}"
     )
     print(head)
@@ -218,10 +339,12 @@ def report(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
             f" {med(rs, 'cpu_fill_s') * 1000 / w:13.2f}"
             f" {med(rs, 'cpu_drain_ms_per_client'):14.2f} {med(rs, 'frames_total'):9.0f}"
             f" {med(rs, 'frames_per_client_median'):10.1f} {med(rs, 'frames_per_client_max'):5.0f}"
+            f" {med(rs, 'moves_per_client_median'):7.1f}"
             f" {med(rs, 'share_gaps_under_0_9_s') * 100:8.2f}% {sum(r['failed'] for r in rs):6}"
         )
     print(
-        "aims: per client ~ drain s + 1 frames (one position update a second plus the 5 s"
+        "aims: moves/c (position updates per client) ~ log W, told p at most every"
+        " clamp(ceil(p / 100), 1, 30) s; frames per client ~ moves/c + drain s / 5 (the"
         " heartbeat), not W/2; gaps<0.9s = share of a client's successive position updates"
         " closer than 0.9 s (aim ~0: only a heartbeat that found a move); CPU ms per client"
         " the same at every W apart from the frames (no quadratic work); KiB per client bounded"
@@ -238,6 +361,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pythonpath", default="", help="run the gateway from this checkout")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--queue-only", action="store_true", help="the queue alone, no sockets")
+    parser.add_argument(
+        "--rate", type=float, default=160, help="--queue-only: generations ending a second"
+    )
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     args.waiting = [int(x) for x in args.waiting.split(",") if x.strip()]
@@ -248,6 +375,23 @@ def main() -> int:
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     started = datetime.now(UTC)
+    if args.queue_only:
+        rows = queue_drain(args)
+        report_drain(args, rows)
+        out = args.output or RESULTS_DIR / "queue_drain.json"
+        write_json(
+            out,
+            {
+                "benchmark": "queue_scale --queue-only",
+                "date": started.isoformat(timespec="seconds"),
+                "command": "python " + " ".join(sys.argv),
+                "machine": machine_info(()),
+                "params": {"waiting": args.waiting, "slots": args.slots, "rate": args.rate},
+                "rows": rows,
+            },
+        )
+        print(f"\nJSON written to {out}")
+        return 0
     with tempfile.TemporaryDirectory(prefix="queue-scale-") as tmp:
         port = free_port()
         sim = spawn("simulator", simulator_command(port), "/api/version", port, Path(tmp))
