@@ -318,8 +318,9 @@ class TextLines:
 
 
 def _line(obj: dict[str, Any]) -> bytes:
-    """One NDJSON line; orjson, as every relayed token passes here (json.dumps was ~3 µs of
-    each). What orjson refuses (an integer past 64 bits) goes through json.dumps."""
+    """One NDJSON line (a done line, a replayed piece with reasoning or tool calls); orjson,
+    json.dumps for what orjson refuses (an integer past 64 bits). A live piece is not encoded
+    here: Ollama's own line is relayed."""
     try:
         return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
     except orjson.JSONEncodeError:
