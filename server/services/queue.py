@@ -26,8 +26,8 @@ Positions are numbered lazily and told sparingly (issue #19: ten thousand waitin
 line is kept sorted (insertions by binary search, no re-sort per change); a position is read by a
 binary search for the entry's rank, and the line is renumbered only when enough positions are
 read between two changes to make that cheaper. A change that moves waiting entries (one leaves
-the line, one is put in ahead of others) calls nobody's `on_change` there and then; each entry's
-position is looked at on its own schedule:
+the line, one is put in ahead of others) does not walk the line to tell them: each entry's
+position is looked at on its own schedule, a heap of looks behind one timer:
 
 - An entry told position p is not told again until interval(p) has passed, where interval(p) =
   clamp(ceil(p / K), 1, 30) × `notify_interval_s` (1 s) and K = `notify_positions` (100): every

@@ -174,6 +174,27 @@ async def test_no_position_stays_stale_longer_than_its_interval_even_when_the_li
         assert all(drain.told(e) == e.position for e in drain.line), burst
 
 
+async def test_entries_pushed_back_by_chat_ahead_of_them_hear_it_by_the_same_rule():
+    clock = SimClock()
+    q = sim_queue(clock, max_concurrent=1, aging_factor=1000)
+    q.enqueue(I)
+    bulk = [q.enqueue(Priority.BATCH) for _ in range(300)]
+    heard = watch(bulk, clock)
+    start = clock.now
+    for _ in range(50):
+        q.enqueue(I)  # chat goes ahead of the bulk work; the first move after quiet: told now
+    first = [heard[e.seq] for e in (bulk[0], bulk[99], bulk[299])]
+    assert first == [[(start, 2)], [(start, 101)], [(start, 301)]]
+    clock.advance(0.5)
+    for _ in range(100):
+        q.enqueue(I)  # the rest, within their interval: told once it has passed, not before
+    clock.advance(10)
+    # interval(2) = 1 s, interval(101) = 2 s, interval(301) = 4 s.
+    assert heard[bulk[0].seq][1:] == [(start + 1, 151)]
+    assert heard[bulk[99].seq][1:] == [(start + 2, 250)]
+    assert heard[bulk[299].seq][1:] == [(start + 4, 450)]
+
+
 async def test_draining_the_line_costs_n_log_n_notices_not_n_squared():
     def drain_notices(n: int, **kw: Any) -> tuple[int, int]:
         clock = SimClock()
