@@ -49,13 +49,25 @@ class SafeFormatter(logging.Formatter):
         return self._second_text
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        message = record.message
-        if not message.isprintable():
-            message = "".join(c if c.isprintable() else _escape(c) for c in message)
-        if len(message) > MAX_MESSAGE:
-            message = f"{message[:MAX_MESSAGE]}… ({len(message)} characters)"
-        record.message = message
+        record.message = _safe(record.message)
         return super().formatMessage(record)
+
+    def format(self, record: logging.LogRecord) -> str:
+        # The access log's line per request, in the usual FORMAT: the same text without the
+        # `%`-style machinery (which was 7 % of a cache hit's CPU at info).
+        if type(record) is LineRecord and self._fmt == FORMAT:
+            record.message = message = _safe(record.msg)
+            record.asctime = when = self.formatTime(record, self.datefmt)
+            return f"{when} INFO    {record.name}: {message}"
+        return super().format(record)
+
+
+def _safe(message: str) -> str:
+    if not message.isprintable():
+        message = "".join(c if c.isprintable() else _escape(c) for c in message)
+    if len(message) > MAX_MESSAGE:
+        message = f"{message[:MAX_MESSAGE]}… ({len(message)} characters)"
+    return message
 
 
 # How often a run of identical records is summarised, and how many distinct recent messages are

@@ -1,15 +1,19 @@
-"""The log's repeat filter under a stream of distinct lines, such as the access log's."""
+"""The log's repeat filter under a stream of distinct lines, such as the access log's, and the
+access log's own way through the formatter."""
 
 from __future__ import annotations
 
 import io
 import logging
 
+import pytest
+
 from server.logs import (
     DATEFMT,
     FORMAT,
     MAX_REMEMBERED,
     BatchedStreamHandler,
+    LineRecord,
     RepeatFilter,
     SafeFormatter,
 )
@@ -87,3 +91,16 @@ def test_outside_an_event_loop_each_line_is_written_at_once():
     handler.setFormatter(logging.Formatter("%(message)s"))
     handler.handle(_record("starting"))
     assert out.getvalue() == "starting\n"
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["POST /api/chat 200 id=r-1 model=m cache=hit", "forged\nline\x1b[31m\u2028", "x" * 5000],
+)
+def test_an_access_line_is_formatted_as_any_record(message: str) -> None:
+    # The access log's records take a shorter way through the formatter: the same text.
+    formatter = SafeFormatter(FORMAT, datefmt=DATEFMT)
+    fast = formatter.format(LineRecord("chatbot.http", message))
+    record = logging.LogRecord("chatbot.http", logging.INFO, "", 0, message, None, None)
+    assert fast == formatter.format(record)
+    assert "\n" not in fast and fast.startswith(formatter.formatTime(record, DATEFMT))
