@@ -90,6 +90,8 @@ class Controller(QObject):
         self._host_states: dict[str, Any] = {}
         self._hosts_told_down: set[str] = set()
         self._busy: asyncio.Task[None] | None = None
+        # A restart asked for while one runs (with its configuration, if any): done after it.
+        self._again: tuple[Config | None] | None = None
         # The latest gateway.models_overview(); None until the first answer.
         self._models: dict[str, Any] | None = None
         self._models_task: asyncio.Task[None] | None = None
@@ -215,18 +217,30 @@ class Controller(QObject):
 
     def restart_server(self, config: Config | None = None) -> asyncio.Task[None]:
         """Restart in the background (the menu and the button must not wait for the drain),
-        on a new configuration if one is given."""
+        on a new configuration if one is given.
+
+        Asked again while a restart runs (a new port saved while the last restart still lets
+        answers finish on the old listener), it restarts once more when that one is over, so
+        the address it ends up on is the last one asked for, not the one before it."""
         if self._busy is None or self._busy.done():
             self._busy = asyncio.ensure_future(self._restart(config))
+        else:
+            self._again = (config,)
         return self._busy
 
     async def _restart(self, config: Config | None) -> None:
-        self._set_state("starting", "Restarting: finishing answers in progress…")
-        try:
-            await self._bring_up(self.host.restart(config), "restart")
-        except Exception as exc:  # a bug must not leave "Restarting…" standing for good
-            log.exception("the restart failed")
-            self._set_state("failed", f"The server could not restart: {exc}")
+        while True:
+            self._again = None
+            self._set_state("starting", "Restarting: finishing answers in progress…")
+            try:
+                await self._bring_up(self.host.restart(config), "restart")
+            except Exception as exc:  # a bug must not leave "Restarting…" standing for good
+                log.exception("the restart failed")
+                self._set_state("failed", f"The server could not restart: {exc}")
+            if self._again is None:
+                break
+            log.info("restarting again: asked for while the last restart was under way")
+            (config,) = self._again
         if self.state == "failed":
             self.restart_ended.emit(False, self.message)
         else:

@@ -11,6 +11,7 @@ import socket
 from collections.abc import Iterator
 from itertools import pairwise
 
+import aiohttp
 import pytest
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QPalette
@@ -22,7 +23,7 @@ from app.controller import Controller
 from app.dashboard import DashboardWindow
 from app.dashboard.colors import CHART_CONTRAST, contrast_ratio
 from tests.app.test_dashboard_widgets import snapshot
-from tests.app.test_settings_live import save
+from tests.app.test_settings_live import get, save
 from tests.conftest import free_port, make_config
 
 pytestmark = [
@@ -315,6 +316,41 @@ def test_an_edit_made_while_the_server_restarts_is_not_told_it_was_saved(
     # The edit cleared "Saved…", and "Server restarted" would read as if the edit were saved.
     assert page.status_text() == ""
     assert page.save_button.isEnabled()
+
+
+def test_a_port_saved_while_a_restart_drains_is_the_one_served(
+    start_app, qloop, run, qtbot: QtBot
+) -> None:
+    # A slow stream keeps the first restart draining its old listener (for the app's 1 s
+    # drain) after the new one is bound; a second port saved meanwhile must be bound next.
+    app = start_app(port=None, server__port=free_port())
+    first, second = free_port(), free_port()
+    body = {
+        "messages": [{"role": "user", "content": "slow"}],
+        "stream": True,
+        "options": {"sim_tokens": 40, "sim_token_delay_ms": 100},
+    }
+
+    async def stream() -> None:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(app.url + "/api/chat-optimized", json=body) as r,
+        ):
+            await r.read()
+
+    slow = qloop.create_task(stream())
+    qtbot.waitUntil(lambda: app.controller.host.streams_in_flight == 1, timeout=5000)
+    with qtbot.waitSignal(app.controller.restart_ended, timeout=15_000) as ended:
+        save(app, qtbot, server__port=first)
+        qtbot.waitUntil(lambda: app.controller.host.port == first, timeout=5000)
+        assert app.controller.host.streams_in_flight == 1  # the first restart still drains
+        save(app, qtbot, server__port=second)
+    assert ended.args == [True, f"http://localhost:{second}"]
+    assert app.controller.state == "serving" and app.controller.host.port == second
+    assert run(get(f"http://127.0.0.1:{second}/health"))[0] == 200
+    with pytest.raises(aiohttp.ClientConnectorError):
+        run(get(f"http://127.0.0.1:{first}/health"))
+    qtbot.waitUntil(slow.done, timeout=5000)
 
 
 # -- keyboard ---------------------------------------------------------------------------------
