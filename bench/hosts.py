@@ -24,19 +24,15 @@ Rounds interleave the host counts (order reversed every other round); the table 
 
 from __future__ import annotations
 
-import os
-import sys
+import stdlib_first  # noqa: F401  (first: moves this folder behind the standard library)
 
-# This folder holds bench/queue.py, which would shadow the standard library's `queue` (used by
-# asyncio's default executor): moved behind the standard library, as bench/queue.py does.
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
-
+# isort: split
 import argparse
 import asyncio
 import json
 import math
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import dataclass

@@ -13,17 +13,13 @@ The wrk runner is cache_hit.py's. See bench/README.md, "Metrics: the cost of ins
 
 from __future__ import annotations
 
-import os
-import sys
+import stdlib_first  # noqa: F401  (first: moves this folder behind the standard library)
 
-# As in native.py: this folder holds queue.py, which must not shadow the standard library's
-# `queue`; keep the folder on the path, for `common` and `cache_hit`, but after the library.
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
-
+# isort: split
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 import urllib.error

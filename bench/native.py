@@ -27,15 +27,9 @@ The wrk runner, the py-spy summary and the code fingerprint are cache_hit.py's.
 
 from __future__ import annotations
 
-import os
-import sys
+import stdlib_first  # noqa: F401  (first: moves this folder behind the standard library)
 
-# This folder is sys.path[0] and holds queue.py, which would shadow the standard library's
-# `queue` (imported by concurrent.futures, behind asyncio's executor). Keep the folder on the
-# path, for `common` and `cache_hit`, but after the standard library.
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
-
+# isort: split
 import argparse
 import asyncio
 import json
@@ -44,6 +38,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable

@@ -26,19 +26,15 @@ wrk on CPU 0 (`--no-pin` turns that off).
 
 from __future__ import annotations
 
-import os
-import sys
+import stdlib_first  # noqa: F401  (first: moves this folder behind the standard library)
 
-# As in native.py: keep this folder on the path (for `native`, `common`, `cache_hit`), but after
-# the standard library, which its queue.py would otherwise shadow.
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
-
+# isort: split
 import argparse
 import dataclasses
 import json
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime

@@ -35,22 +35,15 @@ the configurations (order reversed every other round); the tables show medians o
 
 from __future__ import annotations
 
-import os
-import sys
+import stdlib_first  # noqa: F401  (first: moves this folder behind the standard library)
 
-# Run as `python bench/queue.py`, this folder is sys.path[0], where this file would shadow the
-# standard library's `queue` module (imported e.g. by concurrent.futures.thread, behind asyncio's
-# default executor). Appending first makes the removal safe when the folder is not there; when
-# it is, the first occurrence goes and the appended one, after the stdlib, is harmless (and
-# still finds this folder's `common`).
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
-
+# isort: split
 import argparse
 import asyncio
 import json
 import math
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence

@@ -9,20 +9,16 @@ round by round so that machine noise hits both; figures are medians over the rou
 
 from __future__ import annotations
 
-import os
-import sys
+import stdlib_first  # noqa: F401  (first: moves this folder behind the standard library)
 
-# This folder is sys.path[0] and holds queue.py, which would shadow the standard library's `queue`
-# (imported by anyio, behind httpx). Keep the folder on the path, for `common`, but after the
-# standard library: append it, then remove its first occurrence.
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
-
+# isort: split
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable

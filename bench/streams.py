@@ -38,23 +38,20 @@ and no delay per token (an SSE frame carries no `created_at`); CPU per token and
 
 from __future__ import annotations
 
-import os
-import sys
+import stdlib_first  # noqa: F401  (first: moves this folder behind the standard library)
 
-# This folder holds queue.py, which would shadow the standard library's `queue`: keep it on the
-# path (for `common`) but after the standard library.
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
-
+# isort: split
 import argparse
 import asyncio
 import calendar
 import json
+import os
 import resource
 import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import uuid

@@ -26,20 +26,16 @@ bench/results/throughput_profile_{kind}.txt).
 
 from __future__ import annotations
 
-import os
-import sys
+import stdlib_first  # noqa: F401  (first: moves this folder behind the standard library)
 
-# This folder holds queue.py, which would shadow the standard library's `queue`: keep it on the
-# path (for `common`, `cache_hit`, `native`) but after the standard library.
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
-sys.path.remove(os.path.dirname(os.path.abspath(__file__)))
-
+# isort: split
 import argparse
 import dataclasses
 import importlib.util
 import shutil
 import statistics
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
