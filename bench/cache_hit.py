@@ -50,12 +50,14 @@ from common import (
     RESULTS_DIR,
     ROOT,
     Server,
+    add_run_args,
     free_port,
     http_json,
     http_json_response,
     machine_info,
     percentile,
     pin_this_script,
+    results_path,
     simulator_command,
     spawn,
     spawn_gateway,
@@ -926,18 +928,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fill-tokens", type=int, default=1500, help="tokens per fill answer")
     parser.add_argument("--fill-batch", type=int, default=50, help="fill requests between checks")
     parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp load client")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and clients")
-    parser.add_argument("--profile", action="store_true", help="py-spy the gateway under wrk")
-    parser.add_argument("--profile-top", type=int, default=15)
-    parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
-    parser.add_argument("--output", type=Path, help="JSON results path")
+    add_run_args(parser, profile=True)
     args = parser.parse_args()
     if args.quick:
         args.requests, args.rounds, args.warmup = 200, 2, 20
         args.seconds, args.warm_seconds, args.tp_rounds = 2, 1, 1
         args.fill_mb, args.fill_batch = 4, 20
-    if args.output is None:
-        args.output = RESULTS_DIR / ("cache_hit_quick.json" if args.quick else "cache_hit.json")
+    args.output = args.output or results_path("cache_hit", args.quick)
     return args
 
 

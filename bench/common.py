@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib.metadata
 import json
@@ -25,6 +26,34 @@ RESULTS_DIR = ROOT / "bench" / "results"
 GATEWAY_BIN = str(ROOT / ".venv" / "bin" / "chatbot-backend")
 # When pinned: the servers on one core, the load generators (the script, wrk) on the other.
 SERVER_CPU, CLIENT_CPU = 1, 0
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def add_run_args(
+    parser: argparse.ArgumentParser,
+    *,
+    pin: bool = True,
+    profile: bool = False,
+    profile_top: int = 15,
+) -> None:
+    """Add the flags most scripts share, in this order: --no-pin (unless `pin` is False),
+    --profile and --profile-top (if `profile`; `profile_top` is its default), --quick and
+    --output. --output is None unless given: the script picks its file, see results_path()."""
+    if pin:
+        parser.add_argument("--no-pin", action="store_true", help="do not pin servers and clients")
+    if profile:
+        parser.add_argument("--profile", action="store_true", help="py-spy the gateway under wrk")
+        parser.add_argument("--profile-top", type=int, default=profile_top)
+    parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
+    parser.add_argument("--output", type=Path, help="JSON results path")
+
+
+def results_path(name: str, quick: bool) -> Path:
+    """bench/results/<name>.json, or <name>_quick.json for a --quick run, so that a smoke run
+    never overwrites a real run's figures."""
+    return RESULTS_DIR / (f"{name}_quick.json" if quick else f"{name}.json")
 
 
 # --------------------------------------------------------------------------- processes

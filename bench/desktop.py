@@ -28,6 +28,7 @@ from common import (
     free_port,
     machine_info,
     process_rss_mb,
+    results_path,
     simulator_command,
     terminate,
     write_json,
@@ -368,7 +369,7 @@ def main() -> None:
     for name, value, target, ok in rows:
         verdict = "" if ok is None else ("PASS" if ok else "FAIL")
         print(f"{name:40} {value:>10} {target:>8}  {verdict}")
-    out = RESULTS_DIR / ("desktop_quick.json" if args.quick else "desktop.json")
+    out = results_path("desktop", args.quick)
     write_json(out, {"rounds": results, "medians": med, "ratio": ratio})
 
 

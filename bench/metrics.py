@@ -30,15 +30,16 @@ from typing import Any
 
 from cache_hit import code_version, run_wrk
 from common import (
-    RESULTS_DIR,
     ROOT,
     Server,
+    add_run_args,
     free_port,
     http_json,
     http_json_response,
     machine_info,
     percentile,
     pin_this_script,
+    results_path,
     simulator_command,
     spawn,
     stop,
@@ -206,21 +207,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--scrapes", type=int, default=200, help="timed GET /metrics")
     parser.add_argument("--records", type=int, default=100000, help="in-process records timed")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and clients")
     parser.add_argument(
         "--control",
         action="store_true",
         help="A/A run: both gateways without metrics, to see the noise between two processes",
     )
-    parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
-    parser.add_argument("--output", type=Path, help="JSON results path")
+    add_run_args(parser)
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.warm_seconds, args.rounds, args.scrapes = 2, 1, 2, 20
         args.records = 10000
     if args.output is None:
-        name = "metrics_control" if args.control else "metrics"
-        args.output = RESULTS_DIR / (f"{name}_quick.json" if args.quick else f"{name}.json")
+        args.output = results_path("metrics_control" if args.control else "metrics", args.quick)
     return args
 
 

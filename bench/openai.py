@@ -43,13 +43,14 @@ from typing import Any
 
 from cache_hit import code_version
 from common import (
-    RESULTS_DIR,
     Server,
+    add_run_args,
     free_port,
     http_json,
     machine_info,
     percentile,
     pin_this_script,
+    results_path,
     simulator_command,
     spawn,
     stop,
@@ -491,18 +492,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tp-rounds", type=int, default=3, help="throughput rounds")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp load client")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and clients")
-    parser.add_argument("--profile", action="store_true", help="py-spy the gateway under wrk")
-    parser.add_argument("--profile-top", type=int, default=15)
-    parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
-    parser.add_argument("--output", type=Path, help="JSON results path")
+    add_run_args(parser, profile=True)
     args = parser.parse_args()
     if args.quick:
         args.streams, args.stream_warmup, args.rounds = 5, 2, 2
         args.requests, args.warmup = 200, 20
         args.seconds, args.warm_seconds, args.tp_rounds = 2, 1, 1
-    if args.output is None:
-        args.output = RESULTS_DIR / ("openai_quick.json" if args.quick else "openai.json")
+    args.output = args.output or results_path("openai", args.quick)
     args.use_wrk = shutil.which("wrk") is not None and not args.no_wrk
     return args
 

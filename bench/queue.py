@@ -54,11 +54,12 @@ from typing import Any
 
 import aiohttp
 from common import (
-    RESULTS_DIR,
     Server,
+    add_run_args,
     free_port,
     http_json,
     machine_info,
+    results_path,
     simulator_command,
     spawn,
     spawn_gateway,
@@ -759,8 +760,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians")
     parser.add_argument("--lone", type=int, default=5, help="lone requests per round for T")
     parser.add_argument("--warmup", type=int, default=5, help="lone requests before a warm burst")
-    parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
-    parser.add_argument("--output", type=Path, help="JSON results path")
+    add_run_args(parser, pin=False)
     args = parser.parse_args()
     args.concurrency = [int(x) for x in args.concurrency.split(",") if x.strip()]
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -770,8 +770,7 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.clients, args.concurrency, args.rounds = 12, [1, 2], 1
         args.tokens, args.lone, args.warmup = 5, 2, 2
-    if args.output is None:
-        args.output = RESULTS_DIR / ("queue_quick.json" if args.quick else "queue.json")
+    args.output = args.output or results_path("queue", args.quick)
     return args
 
 

@@ -51,9 +51,11 @@ from common import (
     RESULTS_DIR,
     ROOT,
     Server,
+    add_run_args,
     free_port,
     http_json,
     machine_info,
+    results_path,
     simulator_command,
     spawn,
     spawn_gateway,
@@ -360,12 +362,11 @@ def main() -> int:
     parser.add_argument("--slots", type=int, default=4, help="[queue].max_concurrent")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pythonpath", default="", help="run the gateway from this checkout")
-    parser.add_argument("--quick", action="store_true")
     parser.add_argument("--queue-only", action="store_true", help="the queue alone, no sockets")
     parser.add_argument(
         "--rate", type=float, default=160, help="--queue-only: generations ending a second"
     )
-    parser.add_argument("--output", type=Path)
+    add_run_args(parser, pin=False)
     args = parser.parse_args()
     args.waiting = [int(x) for x in args.waiting.split(",") if x.strip()]
     if args.quick:
@@ -400,9 +401,7 @@ def main() -> int:
         finally:
             stop(sim)
     report(args, rows)
-    out = args.output or RESULTS_DIR / (
-        "queue_scale_quick.json" if args.quick else "queue_scale.json"
-    )
+    out = args.output or results_path("queue_scale", args.quick)
     write_json(
         out,
         {

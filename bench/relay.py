@@ -24,7 +24,6 @@ import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -34,6 +33,7 @@ from common import (
     RESULTS_DIR,
     ROOT,
     SERVER_CPU,
+    add_run_args,
     can_pin,
     free_port,
     machine_info,
@@ -448,12 +448,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, default=5, help="rounds; figures are medians")
     parser.add_argument("--small", type=int, default=1000, help="small requests per client")
-    parser.add_argument(
-        "--no-pin", action="store_true", help="do not pin simulator and clients to separate CPUs"
-    )
-    parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="JSON results path")
+    add_run_args(parser)
     args = parser.parse_args()
+    # A --quick run writes the same file as a real one here.
+    args.output = args.output or RESULTS
     if args.quick:
         args.requests, args.tokens, args.rounds, args.small = 10, 200, 2, 100
     return args

@@ -68,10 +68,12 @@ from common import (
     ROOT,
     SERVER_CPU,
     Server,
+    add_run_args,
     can_pin,
     free_port,
     machine_info,
     percentile,
+    results_path,
     simulator_command,
     spawn,
     stop,
@@ -488,14 +490,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hosts", type=int, default=16, help=f"x {PER_HOST} generations at once")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway, round 1")
-    parser.add_argument("--no-pin", action="store_true", help="do not pin the processes")
-    parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
-    parser.add_argument("--output", type=Path, help="JSON results path")
+    add_run_args(parser)
     args = parser.parse_args()
     if args.quick:
         args.streams, args.tokens, args.rounds, args.hosts = 50, 30, 1, 2
-    if args.output is None:
-        args.output = RESULTS_DIR / ("streams_quick.json" if args.quick else "streams.json")
+    args.output = args.output or results_path("streams", args.quick)
     return args
 
 

@@ -45,12 +45,13 @@ from typing import Any
 
 from cache_hit import FLOOR_CODE, code_version, run_wrk
 from common import (
-    RESULTS_DIR,
     ROOT,
     Server,
+    add_run_args,
     free_port,
     machine_info,
     pin_this_script,
+    results_path,
     simulator_command,
     spawn,
     stop,
@@ -278,16 +279,11 @@ def parse_args() -> argparse.Namespace:
         help="also measure this checkout's gateway with this environment, e.g. "
         "asyncio:GATEWAY_EVENT_LOOP=asyncio (repeatable)",
     )
-    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and clients")
-    parser.add_argument("--profile", action="store_true", help="py-spy the gateway under wrk")
-    parser.add_argument("--profile-top", type=int, default=25)
-    parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
-    parser.add_argument("--output", type=Path, help="JSON results path")
+    add_run_args(parser, profile=True, profile_top=25)
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds, args.warm_seconds = 1, 2, 1
-    if args.output is None:
-        args.output = RESULTS_DIR / ("throughput_quick.json" if args.quick else "throughput.json")
+    args.output = args.output or results_path("throughput", args.quick)
     args.use_wrk = True
     if shutil.which("wrk") is None:
         parser.error("needs wrk (apt-get install -y wrk)")

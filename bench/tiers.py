@@ -41,7 +41,6 @@ from typing import Any
 
 from cache_hit import RawConnection, http_request, split_response
 from common import (
-    RESULTS_DIR,
     ROOT,
     Server,
     free_port,
@@ -49,6 +48,7 @@ from common import (
     machine_info,
     percentile,
     pin_this_script,
+    results_path,
     simulator_command,
     spawn,
     spawn_gateway,
@@ -401,7 +401,7 @@ def main() -> None:
         "ram_hit_in_process": in_process,
         "coalescing": {"generation_ms": args.gen_ms, "rows": coalesce},
     }
-    write_json(RESULTS_DIR / ("tiers_quick.json" if args.quick else "tiers.json"), result)
+    write_json(results_path("tiers", args.quick), result)
 
     def line(label: str, figures: dict[str, float], aim: str = "") -> None:
         print(
