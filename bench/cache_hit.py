@@ -58,6 +58,7 @@ from common import (
     percentile,
     pin_this_script,
     results_path,
+    run_params,
     simulator_command,
     spawn,
     spawn_gateway,
@@ -1020,7 +1021,7 @@ def main() -> int:
         "machine": machine_info(("aiohttp", "cachetools", "psutil"), wrk_version()),
         "code": code,
         "pinning": pinning,
-        "params": {k: v for k, v in vars(args).items() if k not in ("output", "profile_top")},
+        "params": run_params(args),
         "targets": {
             "hit_p50_ms": TARGET_P50_MS,
             "hit_p99_ms": TARGET_P99_MS,

@@ -50,6 +50,12 @@ def add_run_args(
     parser.add_argument("--output", type=Path, help="JSON results path")
 
 
+def run_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed command line for a JSON report, without --output and --profile-top (where the
+    report goes and how much of a profile is printed say nothing about the figures)."""
+    return {k: v for k, v in vars(args).items() if k not in ("output", "profile_top")}
+
+
 def results_path(name: str, quick: bool) -> Path:
     """bench/results/<name>.json, or <name>_quick.json for a --quick run, so that a smoke run
     never overwrites a real run's figures."""

@@ -60,6 +60,7 @@ from common import (
     percentile,
     pin_this_script,
     results_path,
+    run_params,
     simulator_command,
     spawn,
     spawn_gateway,
@@ -899,7 +900,7 @@ def main() -> int:
         "machine": machine_info(("aiohttp", "psutil"), {"wrk": "yes" if args.use_wrk else "no"}),
         "code": code,
         "pinning": pinning,
-        "params": {k: v for k, v in vars(args).items() if k not in ("output", "profile_top")},
+        "params": run_params(args),
         "targets": {
             "added_first_line_ms": TARGET_ADDED_FIRST_MS,
             "native_vs_optimized_hit_ratio": TARGET_HIT_RATIO,

@@ -51,6 +51,7 @@ from common import (
     percentile,
     pin_this_script,
     results_path,
+    run_params,
     simulator_command,
     spawn,
     stop,
@@ -566,7 +567,7 @@ def main() -> int:
         "machine": machine_info(("aiohttp", "psutil"), {"wrk": "yes" if args.use_wrk else "no"}),
         "code": code,
         "pinning": pinning,
-        "params": {k: v for k, v in vars(args).items() if k not in ("output", "profile_top")},
+        "params": run_params(args),
         "peer": {"name": "LiteLLM", "hit_ms": LITELLM_HIT_MS, "req_per_s": LITELLM_REQ_PER_S},
         "targets": {
             "hit_ms_below": LITELLM_HIT_MS,

@@ -74,6 +74,7 @@ from common import (
     machine_info,
     percentile,
     results_path,
+    run_params,
     simulator_command,
     spawn,
     stop,
@@ -563,7 +564,7 @@ def main() -> int:
         "code": code,
         "pinning": pinning,
         "open_files": {"client": list(nofile), "gateway": list(gateway_nofile)},
-        "params": {k: v for k, v in vars(args).items() if k != "output"},
+        "params": run_params(args),
         "aims": {
             "min_rate_share_of_median": AIM_MIN_RATE_SHARE,
             "added_delay_p50_ms": AIM_ADDED_DELAY_MS,
