@@ -127,13 +127,18 @@ class FastHits:
         self,
         request: web.Request,
         gateway: Gateway,
-        known: Known,
-        user: str,
         recipe: Recipe,
+        memo: MemoKey,
         started_ns: int,
     ) -> web.Response | None:
-        """`answer()` as the response; the access-log details are set on the request first,
-        so a 429 is logged with its id too."""
+        """The hit for a body the memo knows (`memo`, from `recipe.memo_key`), as the
+        response; None when it does not know it or RAM no longer holds the entry (the request
+        then goes the whole way). The access-log details are set on the request first, so a
+        429 is logged with its id too."""
+        known = self.find(gateway, memo)
+        if known is None:
+            return None
+        user = memo[2]
         rid = new_request_id()
         info: dict[str, Any] = {"request_id": rid, "model": known.model}
         request[CHAT_INFO] = info
@@ -160,6 +165,10 @@ class Recipe:
     values: Callable[[str, int], tuple[bytes, ...]]
     id_header: bool
     keyed_on_accept: bool = False
+
+    def memo_key(self, user: str, raw: bytes, accept: str | None) -> MemoKey:
+        """The memo's key for `raw` from `user` (with the `Accept` header, if it counts)."""
+        return (self.name, accept if self.keyed_on_accept else None, user, raw)
 
 
 def _split(encoded: bytes) -> list[bytes]:

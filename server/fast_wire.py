@@ -120,8 +120,8 @@ class WireHits:
         else:
             who = unkeyed_caller(user)
         path, recipe = route
-        accept = _header(headers, b"accept") if recipe.keyed_on_accept else None
-        known = self.hits.find(gateway, (recipe.name, accept, who.name, body))
+        accept = _header(headers, b"accept")
+        known = self.hits.find(gateway, recipe.memo_key(who.name, body, accept))
         if known is None:
             return None
         rid = new_request_id()

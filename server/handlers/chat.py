@@ -50,12 +50,10 @@ async def chat_optimized(request: web.Request) -> web.StreamResponse:
     memo = None
     info: dict[str, Any]
     if cache_control is None:  # no-cache and no-store go the whole way
-        memo = (HIT_RECIPE.name, accept, caller(request).name, raw)
-        known = hits.find(gateway, memo)
-        if known is not None:
-            reply = hits.reply(request, gateway, known, memo[2], HIT_RECIPE, started_ns)
-            if reply is not None:
-                return reply
+        memo = HIT_RECIPE.memo_key(caller(request).name, raw, accept)
+        reply = hits.reply(request, gateway, HIT_RECIPE, memo, started_ns)
+        if reply is not None:
+            return reply
     body = parse_json(raw)
     req = parse_chat_request(body, gateway.config, accept=accept, cache_control=cache_control)
     req = as_caller(req, request)

@@ -463,12 +463,10 @@ async def _complete(request: web.Request, kind: str, endpoint: str) -> web.Strea
     info: dict[str, Any]
     if "X-Request-Id" not in request.headers:  # an id of its own: the whole way, every time
         recipe = _HIT_RECIPES[endpoint]
-        memo = (recipe.name, None, caller(request).name, raw)
-        known = hits.find(gateway, memo)
-        if known is not None:
-            reply = hits.reply(request, gateway, known, memo[2], recipe, started_ns)
-            if reply is not None:
-                return reply
+        memo = recipe.memo_key(caller(request).name, raw, None)
+        reply = hits.reply(request, gateway, recipe, memo, started_ns)
+        if reply is not None:
+            return reply
     body = parse_json(raw)
     rid = request_id(request)
     req, stream, usage = _parse(body, kind, rid, endpoint)
