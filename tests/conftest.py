@@ -110,14 +110,16 @@ def make_config(**overrides: Any) -> config_mod.Config:
     return config_mod.load(None, env={}, overrides=values)  # type: ignore[arg-type]
 
 
+Serve = Callable[[Gateway], Awaitable[Server]]
+
+
 @pytest.fixture
-async def start_server(sim: Sim) -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+async def serve() -> AsyncIterator[Serve]:
+    """Serve a gateway on a free port (1 s drain); each is stopped after the test."""
     hosts: list[ServerHost] = []
 
-    async def start(**overrides: Any) -> Server:
-        overrides.setdefault("ollama__api_url", sim.url)
-        overrides.setdefault("ollama__warm_up", False)
-        host = ServerHost(Gateway(make_config(**overrides)), port_override=0, drain_seconds=1)
+    async def start(gateway: Gateway) -> Server:
+        host = ServerHost(gateway, port_override=0, drain_seconds=1)
         await host.start()
         hosts.append(host)
         return Server(f"http://127.0.0.1:{host.port}", host)
@@ -125,6 +127,16 @@ async def start_server(sim: Sim) -> AsyncIterator[Callable[..., Awaitable[Server
     yield start
     for host in hosts:
         await host.stop()
+
+
+@pytest.fixture
+def start_server(sim: Sim, serve: Serve) -> Callable[..., Awaitable[Server]]:
+    async def start(**overrides: Any) -> Server:
+        overrides.setdefault("ollama__api_url", sim.url)
+        overrides.setdefault("ollama__warm_up", False)
+        return await serve(Gateway(make_config(**overrides)))
+
+    return start
 
 
 @pytest.fixture

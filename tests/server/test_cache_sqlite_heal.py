@@ -8,7 +8,7 @@ import logging
 import os
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,9 @@ import aiohttp
 import pytest
 
 from server.gateway import Gateway
-from server.lifecycle import ServerHost
 from server.services.cache_sqlite import SCHEMA, SqliteTier
 from server.services.tiers import FORMAT_VERSION, Tiers
-from tests.conftest import Server, Sim, make_config
+from tests.conftest import Serve, Server, Sim, make_config
 from tests.server.test_cache_tiers import ask, generations, health_tiers, tiers, until, written
 
 GARBAGE = b"this is not a database, just garbage " * 100
@@ -44,10 +43,9 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 @pytest.fixture
-async def start_with_tier(sim: Sim) -> AsyncIterator[Callable[[SqliteTier], Awaitable[Server]]]:
+def start_with_tier(sim: Sim, serve: Serve) -> Callable[[SqliteTier], Awaitable[Server]]:
     """A gateway whose sqlite tier is the one given (built with a short retry interval, which
     the config does not offer), otherwise as `[cache].backend = "sqlite"` makes it."""
-    hosts: list[ServerHost] = []
 
     async def start(tier: SqliteTier) -> Server:
         config = make_config(
@@ -58,14 +56,9 @@ async def start_with_tier(sim: Sim) -> AsyncIterator[Callable[[SqliteTier], Awai
         )
         gateway = Gateway(config)
         gateway.tiers = Tiers([tier])
-        host = ServerHost(gateway, port_override=0, drain_seconds=1)
-        await host.start()
-        hosts.append(host)
-        return Server(f"http://127.0.0.1:{host.port}", host)
+        return await serve(gateway)
 
-    yield start
-    for host in hosts:
-        await host.stop()
+    return start
 
 
 def sqlite_stats(server: Server) -> dict[str, Any]:

@@ -15,8 +15,7 @@ from aiohttp import web
 from server import config as cfg
 from server import simulator
 from server.gateway import Gateway
-from server.lifecycle import ServerHost
-from tests.conftest import Server, make_config, user, wait_for
+from tests.conftest import Serve, Server, make_config, user, wait_for
 from tests.server.test_queue_http import Streamer, slow, until
 
 
@@ -77,21 +76,13 @@ async def start_host() -> AsyncIterator[StartHost]:
 
 
 @pytest.fixture
-async def start_gateway() -> AsyncIterator[StartGateway]:
-    servers: list[ServerHost] = []
-
+def start_gateway(serve: Serve) -> StartGateway:
     async def start(hosts: list[Host | dict[str, Any]], **overrides: Any) -> Server:
         overrides.setdefault("ollama__warm_up", False)
         table = [h if isinstance(h, dict) else {"url": h.url} for h in hosts]
-        gateway = Gateway(make_config(ollama__hosts=table, **overrides))
-        server_host = ServerHost(gateway, port_override=0, drain_seconds=1)
-        await server_host.start()
-        servers.append(server_host)
-        return Server(f"http://127.0.0.1:{server_host.port}", server_host)
+        return await serve(Gateway(make_config(ollama__hosts=table, **overrides)))
 
-    yield start
-    for server_host in servers:
-        await server_host.stop()
+    return start
 
 
 async def health(server: Server) -> dict[str, Any]:
